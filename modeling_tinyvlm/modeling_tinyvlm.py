@@ -1,0 +1,229 @@
+"""TinyVLM: SigLIP vision tower -> MLP projector -> Llama language model (LLaVA-shaped).
+
+Data flow (so400m-patch14-384 + TinyLlama-1.1B):
+
+    pixel_values (num_images, 3, 384, 384)
+      -> vision_tower: SigLIP embeddings + the first `num_vision_layers_used` encoder layers
+         (num_images, 729, 1152)    hidden state `vision_feature_layer` (-2), every patch kept
+      -> multi_modal_projector: linear_1 (1152 -> P) -> GELU -> linear_2 (P -> 2048)
+      -> scattered into the LLM input embeddings at the `<image>` token positions
+      -> language_model: LlamaForCausalLM -> logits, loss from `labels`, KV cache for generate()
+
+Design choices:
+- Module names follow transformers' Llava (`vision_tower`, `multi_modal_projector.linear_1/2`,
+  `language_model`), so Llava conversion is a key rename. The saved key layout is ours and does not
+  depend on the installed transformers: 4.x nests SigLIP under `.vision_model`, 5.x does not; we always
+  keep the flat module (`vision_tower.embeddings...`).
+- Only the encoder layers up to `vision_feature_layer` run. LLaVA asks SigLIP for every hidden state and
+  throws away the last layer, the post-layernorm and the pooling head; the result is the same tensor.
+- transformers 5.24 renamed the cache argument `past_key_values` -> `cache`. We accept both and pass
+  the one the installed language model takes (dropping it would silently disable the KV cache).
+- Nothing is frozen here; the training phases decide (projector warm-up freezes tower and LLM).
+"""
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging
+
+from .configuration_tinyvlm import TinyVLMConfig
+
+try:  # 5.x: these initialisers skip parameters already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # 4.x
+    from torch.nn import init
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class TinyVLMCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """The language model's output (its cache field is named as the installed transformers names it),
+    plus the projected image features `(num_images, image_seq_length, text_hidden)`."""
+
+    image_hidden_states: torch.FloatTensor | None = None
+
+
+class TinyVLMMultiModalProjector(nn.Module):
+    def __init__(self, config: TinyVLMConfig):
+        super().__init__()
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.projector_hidden_size)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(config.projector_hidden_size, config.text_config.hidden_size)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class TinyVLMPreTrainedModel(PreTrainedModel):
+    config_class = TinyVLMConfig
+    config: TinyVLMConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SiglipEncoderLayer", "SiglipVisionEmbeddings", "LlamaDecoderLayer"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
+    # Attention flags are read on the top-level class; both sub-models support all of these.
+    _supports_flash_attn = True
+    _supports_flash_attn_2 = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _supports_cache_class = True
+    _supports_static_cache = True
+    _supports_quantized_cache = True
+    _can_compile_fullgraph = True
+
+    def _init_weights(self, module):
+        # The sub-models initialise themselves; only the projector is ours.
+        if isinstance(module, TinyVLMMultiModalProjector):
+            std = getattr(self.config.text_config, "initializer_range", 0.02)
+            for linear in (module.linear_1, module.linear_2):
+                init.normal_(linear.weight, mean=0.0, std=std)
+                init.zeros_(linear.bias)
+
+
+def _build_vision_tower(vision_config) -> nn.Module:
+    if vision_config.model_type != "siglip_vision_model":
+        raise ValueError(
+            f"vision_config.model_type must be 'siglip_vision_model', got {vision_config.model_type!r}"
+        )
+    tower = AutoModel.from_config(vision_config)
+    # 4.x: SiglipVisionModel -> .vision_model (embeddings, encoder, post_layernorm, head); 5.x: flat.
+    return getattr(tower, "vision_model", tower)
+
+
+def _cache_kwarg_name(language_model: nn.Module) -> str:
+    return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
+
+
+class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
+    def __init__(self, config: TinyVLMConfig):
+        super().__init__(config)
+        self.vision_tower = _build_vision_tower(config.vision_config)
+        self.multi_modal_projector = TinyVLMMultiModalProjector(config)
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self._cache_kwarg = _cache_kwarg_name(self.language_model)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, new_embeddings):
+        self.language_model.set_output_embeddings(new_embeddings)
+
+    def get_decoder(self):
+        return self.language_model.get_decoder()
+
+    def set_decoder(self, decoder):
+        self.language_model.set_decoder(decoder)
+
+    def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        vision = self.config.vision_config
+        expected = (vision.num_channels, vision.image_size, vision.image_size)
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != expected:
+            raise ValueError(
+                f"pixel_values has shape {tuple(pixel_values.shape)}, expected (num_images, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}): resize images with the processor's image processor"
+            )
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected image features `(num_images, image_seq_length, text_hidden)`."""
+        self._check_pixel_values(pixel_values)
+        tower = self.vision_tower
+        hidden_states = tower.embeddings(pixel_values)  # (num_images, num_patches, vision_hidden)
+        for layer in tower.encoder.layers[: self.config.num_vision_layers_used]:
+            hidden_states = layer(hidden_states, None)
+        return self.multi_modal_projector(hidden_states)  # (num_images, num_patches, text_hidden)
+
+    def _image_token_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embed = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, dtype=torch.long, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embed).all(-1)
+
+    def _merge_image_features(self, mask, inputs_embeds, image_features) -> torch.Tensor:
+        num_tokens = int(mask.sum())
+        num_images, per_image = image_features.shape[:2]
+        if num_tokens != num_images * per_image:
+            raise ValueError(
+                f"Image tokens and images do not match: input_ids hold {num_tokens} image tokens but "
+                f"{num_images} image(s) x {per_image} tokens = {num_images * per_image} were given; each "
+                "<image> must be expanded to image_seq_length tokens (the processor does this)"
+            )
+        image_features = image_features.to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1), image_features)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ):
+        """input_ids `(batch, seq)` with `image_seq_length` `<image>` tokens per image; pixel_values
+        `(num_images, 3, H, W)`, images in the order their tokens appear, row by row."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds")
+        cache = kwargs.pop("cache", None)
+        cache = past_key_values if cache is None else cache
+        return_dict = kwargs.pop("return_dict", None)
+
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (batch, seq, text_hidden)
+        image_features = None
+        if pixel_values is not None:
+            image_features = self.get_image_features(pixel_values)
+            mask = self._image_token_mask(input_ids, inputs_embeds)
+            inputs_embeds = self._merge_image_features(mask, inputs_embeds, image_features)
+        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
+            raise ValueError(
+                f"input_ids hold {int((input_ids == self.config.image_token_id).sum())} image tokens "
+                "but no pixel_values were given"
+            )
+
+        outputs = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            return_dict=True,
+            **{self._cache_kwarg: cache},
+            **kwargs,
+        )
+        output = TinyVLMCausalLMOutputWithPast(**outputs, image_hidden_states=image_features)
+        return output.to_tuple() if return_dict is False else output
+
+    def prepare_inputs_for_generation(self, input_ids, pixel_values=None, **kwargs):
+        cache_position = kwargs.get("cache_position")
+        model_inputs = super().prepare_inputs_for_generation(input_ids, pixel_values=pixel_values, **kwargs)
+        # 4.x forwards every kwarg on every step; after the prefill the image lives in the KV cache, so
+        # the vision tower runs once per generate(). (5.x drops pixel_values after the prefill itself.)
+        if cache_position is not None and cache_position[0] != 0:
+            model_inputs.pop("pixel_values", None)
+        return model_inputs
+
+
+__all__ = ["TinyVLMPreTrainedModel", "TinyVLMForConditionalGeneration", "TinyVLMMultiModalProjector"]
