@@ -1,0 +1,204 @@
+"""TinyVLMForConditionalGeneration: forward, checks, generation, attention backends, checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import solid_image, user_prompt
+from tinyvlm.conversion.build import build_preset_model
+from transformers import AutoModelForImageTextToText, AutoProcessor, SiglipVisionModel
+
+pytestmark = pytest.mark.compat
+
+COLOURS = [(255, 0, 0), (0, 200, 0), (0, 0, 255), (240, 240, 0)]
+
+
+def _inputs(processor, questions, images, **kwargs):
+    texts = [user_prompt(processor, q, n) for q, n in questions]
+    return processor(images=images, text=texts, return_tensors="pt", padding=True, **kwargs)
+
+
+def test_image_seq_length_keeps_every_patch(tiny):
+    model, processor = tiny
+    config = model.config
+    assert (
+        config.image_seq_length == (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    )
+    assert processor.image_seq_length == config.image_seq_length
+    features = model.get_image_features(
+        processor.image_processor(solid_image(), return_tensors="pt").pixel_values
+    )
+    assert features.shape == (1, config.image_seq_length, config.text_config.hidden_size)
+
+
+def test_image_features_equal_siglip_hidden_state(tiny):
+    """We run only the layers up to vision_feature_layer; the result must be SigLIP's own hidden state."""
+    model, processor = tiny
+    reference = SiglipVisionModel(model.config.vision_config).eval()
+    state = {k: v for k, v in model.vision_tower.state_dict().items()}
+    target = reference.vision_model if hasattr(reference, "vision_model") else reference
+    target.load_state_dict(state)
+    pixel_values = processor.image_processor(
+        [solid_image(c) for c in COLOURS], return_tensors="pt"
+    ).pixel_values
+    with torch.no_grad():
+        hidden = reference(pixel_values, output_hidden_states=True).hidden_states[
+            model.config.vision_feature_layer
+        ]
+        expected = model.multi_modal_projector(hidden)
+        ours = model.get_image_features(pixel_values)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+
+
+def test_loss_from_labels(tiny):
+    model, processor = tiny
+    batch = _inputs(processor, [("What colour?", 1)], [solid_image()])
+    labels = batch["input_ids"].clone()
+    labels[labels == model.config.image_token_id] = -100
+    out = model(**batch, labels=labels)
+    assert out.loss is not None and torch.isfinite(out.loss)
+    logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
+    expected = torch.nn.functional.cross_entropy(logits, labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_image_token_count_mismatch_raises(tiny):
+    model, processor = tiny
+    batch = _inputs(processor, [("What colour?", 1)], [solid_image()])
+    two_images = torch.cat([batch["pixel_values"]] * 2)
+    seq = model.config.image_seq_length
+    with pytest.raises(ValueError, match=rf"{seq} image tokens but 2 image\(s\) x {seq} tokens = {2 * seq}"):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], pixel_values=two_images)
+
+
+def test_image_tokens_without_pixel_values_raise(tiny):
+    model, processor = tiny
+    batch = _inputs(processor, [("What colour?", 1)], [solid_image()])
+    with pytest.raises(ValueError, match=f"{model.config.image_seq_length} image tokens but no pixel_values"):
+        model(input_ids=batch["input_ids"])
+
+
+def test_wrong_pixel_size_raises(tiny):
+    model, processor = tiny
+    batch = _inputs(processor, [("What colour?", 1)], [solid_image()])
+    size = model.config.vision_config.image_size
+    bad = torch.zeros(1, 3, size + 4, size + 4)
+    with pytest.raises(
+        ValueError, match=rf"shape \(1, 3, {size + 4}, {size + 4}\), expected \(num_images, 3, {size}"
+    ):
+        model(input_ids=batch["input_ids"], pixel_values=bad)
+
+
+def _generate(model, batch, **kwargs):
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=6, do_sample=False, **kwargs)
+    return out[:, batch["input_ids"].shape[1] :]
+
+
+def test_vision_tower_runs_once_per_generate_and_cache_is_used(tiny):
+    model, processor = tiny
+    batch = _inputs(processor, [("What colour is it?", 1)], [solid_image()])
+    vision_calls, lm_lengths = [], []
+    h1 = model.vision_tower.embeddings.register_forward_hook(lambda *a: vision_calls.append(1))
+    h2 = model.language_model.register_forward_hook(
+        lambda m, args, kwargs, out: lm_lengths.append(kwargs["inputs_embeds"].shape[1]), with_kwargs=True
+    )
+    try:
+        new = _generate(model, batch, min_new_tokens=6)
+    finally:
+        h1.remove()
+        h2.remove()
+    assert new.shape[1] == 6
+    assert len(vision_calls) == 1
+    assert lm_lengths[0] == batch["input_ids"].shape[1] and set(lm_lengths[1:]) == {1}
+
+
+def test_cached_equals_uncached(tiny):
+    model, processor = tiny
+    batch = _inputs(processor, [("What colour is it?", 1)], [solid_image()])
+    assert torch.equal(_generate(model, batch), _generate(model, batch, use_cache=False))
+
+
+def test_left_padded_batch_equals_one_at_a_time(tiny):
+    model, processor = tiny
+    questions = [("What colour is the shape?", 1), ("Colour?", 1), ("How many shapes are there in it?", 1)]
+    images = [solid_image(c) for c in COLOURS[:3]]
+    batch = _inputs(processor, questions, images)
+    assert (batch["attention_mask"][:, 0] == 0).any(), "prompts of different lengths must be left-padded"
+    batched = _generate(model, batch)
+    for i, (question, image) in enumerate(zip(questions, images)):
+        single = _generate(model, _inputs(processor, [question], [image]))
+        assert torch.equal(batched[i], single[0]), f"prompt {i}"
+
+
+def test_several_images_in_one_prompt(tiny):
+    model, processor = tiny
+    images = [solid_image(COLOURS[0]), solid_image(COLOURS[2])]
+    batch = _inputs(processor, [("Which is red?", 2)], images)
+    assert batch["pixel_values"].shape[0] == 2
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 2 * model.config.image_seq_length
+    out = model(**batch)
+    swapped = model(**{**batch, "pixel_values": batch["pixel_values"].flip(0)})
+    assert not torch.allclose(out.logits[:, -1], swapped.logits[:, -1]), "image order must matter"
+    assert _generate(model, batch).shape == (1, 6)
+
+
+def test_text_only_prompt(tiny):
+    model, processor = tiny
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": "Hello"}], add_generation_prompt=True, tokenize=False
+    )
+    batch = processor(text=[text], return_tensors="pt")
+    assert "pixel_values" not in batch
+    assert _generate(model, batch).shape == (1, 6)
+
+
+def test_eager_equals_sdpa_and_reaches_both_submodels(tiny_folder):
+    logits = {}
+    for impl in ("eager", "sdpa"):
+        model = AutoModelForImageTextToText.from_pretrained(tiny_folder, attn_implementation=impl).eval()
+        assert model.config.vision_config._attn_implementation == impl
+        assert model.config.text_config._attn_implementation == impl
+        assert model.vision_tower.encoder.layers[0].self_attn.config._attn_implementation == impl
+        assert model.language_model.config._attn_implementation == impl
+        processor = AutoProcessor.from_pretrained(tiny_folder)
+        images = [solid_image(), solid_image(COLOURS[1])]
+        batch = _inputs(processor, [("What colour?", 1), ("Colour of it, please?", 1)], images)
+        with torch.no_grad():
+            logits[impl] = model(**batch).logits
+    real = batch["attention_mask"].bool()  # padded positions hold no meaningful logits
+    torch.testing.assert_close(logits["eager"][real], logits["sdpa"][real], rtol=1e-5, atol=1e-5)
+
+
+def test_flash_attention_without_flash_attn_is_a_clear_error(tiny_folder):
+    with pytest.raises((ImportError, ValueError, RuntimeError), match=r"(?i)flash"):
+        AutoModelForImageTextToText.from_pretrained(tiny_folder, attn_implementation="flash_attention_2")
+
+
+def test_gradient_checkpointing_matches_plain_backward(tiny):
+    _, processor = tiny
+    batch = _inputs(processor, [("What colour?", 1)], [solid_image()])
+    grads = []
+    for checkpointing in (False, True):
+        model, _ = build_preset_model("tiny", seed=0)
+        model.train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            assert model.language_model.model.gradient_checkpointing
+        loss = model(**batch, labels=batch["input_ids"]).loss
+        loss.backward()
+        grads.append(model.multi_modal_projector.linear_1.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_save_and_load_round_trip(tiny, tmp_path):
+    model, processor = tiny
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    batch = _inputs(processor, [("What colour?", 1)], [solid_image()])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits, rtol=0, atol=0)
+    keys = set(loaded.state_dict())
+    assert "vision_tower.embeddings.patch_embedding.weight" in keys
+    assert "language_model.lm_head.weight" in keys and "multi_modal_projector.linear_2.bias" in keys
