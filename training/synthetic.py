@@ -13,8 +13,8 @@ Design choices:
   and a few text-only rows included, to exercise those paths) and VQAv2-style JSONL records with ten
   reference answers for phase 4. Training rows also carry the scene (`"scene"`), which LLaVA loaders
   ignore and the demo uses to pre-train its stand-in vision tower.
-- Questions end with LLaVA-1.5's short-answer suffix, as its VQA training data does, so that the
-  phase 4 prompt matches what the model was trained on.
+- Training questions end with LLaVA-1.5's short-answer suffix, as its VQA training data does; the
+  held-out questions are bare, because phase 4 appends the same suffix when it builds the prompt.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _eval_record(index: int, rng: random.Random, image_folder: Path, image_size:
     return {
         "question_id": index,
         "image": name,
-        "question": with_suffix(question),
+        "question": question,  # phase 4 appends the short-answer suffix itself
         "answers": [answer] * 10,
         "answer_type": "number" if qtype == "count" else "other",
         "question_type": qtype,
@@ -200,11 +200,11 @@ def write_synthetic_vqa(
 def fresh_example(
     seed: int, image_size: int = 64, question_type: str = "colour"
 ) -> tuple[Image.Image, str, str]:
-    """A scene from neither split (its own seed), with one question: (image, question, answer)."""
+    """A scene from neither split (its own seed), with one bare question: (image, question, answer)."""
     rng = random.Random(f"{seed}-fresh")
     scene = random_scene(rng, max_shapes=1 if question_type == "position" else 3)
     _, question, answer = next(item for item in questions_for(scene) if item[0] == question_type)
-    return draw_scene(scene, rng, image_size), with_suffix(question), answer
+    return draw_scene(scene, rng, image_size), question, answer
 
 
 def main(argv: list[str] | None = None) -> int:

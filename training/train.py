@@ -403,9 +403,13 @@ def save_final(trainer: Trainer, output_dir: str, record: dict, skipped: list[di
     trainer.save_model(tmp)
     if not trainer.is_world_process_zero():
         return
-    # The pickled TrainingArguments are for Trainer resumption, not for a published folder.
+    # The pickled TrainingArguments are for Trainer resumption, not for a published folder: JSON
+    # instead, and the trainer state (loss history), both read by the model card.
     if os.path.exists(os.path.join(tmp, "training_args.bin")):
         os.remove(os.path.join(tmp, "training_args.bin"))
+    with open(os.path.join(tmp, "training_args.json"), "w", encoding="utf-8") as f:
+        f.write(trainer.args.to_json_string())
+    trainer.state.save_to_json(os.path.join(tmp, "trainer_state.json"))
     for name in os.listdir(tmp):
         target = os.path.join(output_dir, name)
         if os.path.isdir(target):
