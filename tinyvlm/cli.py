@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("tinyvlm.training.evaluate_vqa", "phase 4: VQA metrics, predictions, baseline check"),
     "card": ("tinyvlm.model_card.card", "render the model card README.md of a folder"),
     "push": ("tinyvlm.model_card.push", "upload a folder to the Hugging Face Hub"),
-    "ask": ("tinyvlm.conversion.ask", "answer one question about one image, streamed"),
+    "ask": ("tinyvlm.ask", "answer one question about one image, streamed"),
     "plan-memory": ("tinyvlm.training.plan_memory", "estimate per-GPU memory for a phase"),
 }
 
