@@ -94,6 +94,11 @@ def llava_config_to_tinyvlm(llava: dict, source: str = "config.json") -> TinyVLM
 
 
 def tinyvlm_config_to_llava(config: TinyVLMConfig) -> dict:
+    if config.projector_downsample_factor != 1:
+        raise ValueError(
+            f"projector_downsample_factor={config.projector_downsample_factor} merges image patches before the "
+            "projector; Llava has no such step (one token per patch), so this model cannot be exported to Llava"
+        )
     if config.projector_hidden_size != config.text_config.hidden_size:
         raise ValueError(
             f"projector_hidden_size={config.projector_hidden_size} differs from the LLM width "

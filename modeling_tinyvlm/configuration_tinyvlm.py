@@ -32,6 +32,11 @@ class TinyVLMConfig(PretrainedConfig):
     vision_feature_layer: index into the vision tower's hidden states (embeddings output is 0), as LLaVA;
         -2 = the penultimate layer.
     image_token_id: id of the `<image>` placeholder token in the tokenizer.
+    projector_downsample_factor: k > 1 merges each k x k block of SigLIP patches into one image token
+        before `linear_1` (the grid is zero-padded up to a multiple of k): 729 -> 196 (k=2) or 81 (k=3)
+        tokens for so400m-384. The language model's prefill shrinks with the token count.
+    projector_downsample_mode: "pixel_shuffle" (concatenate the k*k patch features, `linear_1` input
+        k*k*vision_hidden, as Idefics3/SmolVLM) or "avg_pool" (average them, input stays vision_hidden).
     """
 
     model_type = "tinyvlm"
@@ -45,6 +50,8 @@ class TinyVLMConfig(PretrainedConfig):
         projector_hidden_act="gelu",
         vision_feature_layer=-2,
         image_token_id=None,
+        projector_downsample_factor=1,
+        projector_downsample_mode="pixel_shuffle",
         **kwargs,
     ):
         # Sub-configs must exist before super().__init__(): its attn-implementation setter recurses into them.
@@ -54,6 +61,14 @@ class TinyVLMConfig(PretrainedConfig):
         self.projector_hidden_act = projector_hidden_act
         self.vision_feature_layer = vision_feature_layer
         self.image_token_id = image_token_id
+        self.projector_downsample_factor = int(projector_downsample_factor)
+        self.projector_downsample_mode = projector_downsample_mode
+        if self.projector_downsample_factor < 1:
+            raise ValueError(f"projector_downsample_factor must be >= 1, got {projector_downsample_factor}")
+        if projector_downsample_mode not in ("pixel_shuffle", "avg_pool"):
+            raise ValueError(
+                f"projector_downsample_mode must be 'pixel_shuffle' or 'avg_pool', got {projector_downsample_mode!r}"
+            )
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", False))
         super().__init__(**kwargs)
         if not isinstance(vision_feature_layer, int):
@@ -66,9 +81,21 @@ class TinyVLMConfig(PretrainedConfig):
             )
 
     @property
+    def vision_grid_size(self) -> int:
+        """SigLIP patches per side (27 for so400m-384)."""
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    @property
     def image_seq_length(self) -> int:
-        """Image tokens per image: one per SigLIP patch."""
-        return (self.vision_config.image_size // self.vision_config.patch_size) ** 2
+        """Image tokens per image: one per SigLIP patch, or per k x k block when downsampling."""
+        k = self.projector_downsample_factor
+        return (-(-self.vision_grid_size // k)) ** 2
+
+    @property
+    def projector_input_size(self) -> int:
+        k = self.projector_downsample_factor
+        width = self.vision_config.hidden_size
+        return width * k * k if self.projector_downsample_mode == "pixel_shuffle" else width
 
     @property
     def num_vision_layers_used(self) -> int:

@@ -5,7 +5,8 @@ Data flow (so400m-patch14-384 + TinyLlama-1.1B):
     pixel_values (num_images, 3, 384, 384)
       -> vision_tower: SigLIP embeddings + the first `num_vision_layers_used` encoder layers
          (num_images, 729, 1152)    hidden state `vision_feature_layer` (-2), every patch kept
-      -> multi_modal_projector: linear_1 (1152 -> P) -> GELU -> linear_2 (P -> 2048)
+      -> multi_modal_projector: [optional k x k patch merge, 729 -> 81 tokens for k=3]
+         linear_1 (1152 -> P) -> GELU -> linear_2 (P -> 2048)
       -> scattered into the LLM input embeddings at the `<image>` token positions
       -> language_model: LlamaForCausalLM -> logits, loss from `labels`, KV cache for generate()
 
@@ -49,15 +50,39 @@ class TinyVLMCausalLMOutputWithPast(CausalLMOutputWithPast):
     image_hidden_states: torch.FloatTensor | None = None
 
 
+def downsample_patches(features: torch.Tensor, grid: int, factor: int, mode: str) -> torch.Tensor:
+    """Merge each factor x factor block of patches: (n, grid*grid, c) -> (n, ceil(grid/factor)**2, c')
+    with c' = c*factor*factor (pixel_shuffle) or c (avg_pool). The grid is zero-padded to a multiple of
+    factor (27 -> 28 for 2x2); avg_pool averages only the real patches of an edge block."""
+    if factor == 1:
+        return features
+    n, _, c = features.shape
+    out = -(-grid // factor)
+    if mode == "avg_pool":
+        x = features.transpose(1, 2).reshape(n, c, grid, grid)
+        x = nn.functional.avg_pool2d(x, factor, ceil_mode=True)  # divisor clipped to the real patches
+        return x.flatten(2).transpose(1, 2)
+    x = features.reshape(n, grid, grid, c)
+    pad = out * factor - grid
+    x = nn.functional.pad(x, (0, 0, 0, pad, 0, pad))  # (n, out*factor, out*factor, c)
+    x = x.reshape(n, out, factor, out, factor, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, out * out, factor * factor * c)
+
+
 class TinyVLMMultiModalProjector(nn.Module):
     def __init__(self, config: TinyVLMConfig):
         super().__init__()
-        self.linear_1 = nn.Linear(config.vision_config.hidden_size, config.projector_hidden_size)
+        self.grid = config.vision_grid_size
+        self.downsample_factor = config.projector_downsample_factor
+        self.downsample_mode = config.projector_downsample_mode
+        self.linear_1 = nn.Linear(config.projector_input_size, config.projector_hidden_size)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(config.projector_hidden_size, config.text_config.hidden_size)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.linear_2(self.act(self.linear_1(image_features)))
+        # (num_images, num_patches, vision_hidden) -> (num_images, image_seq_length, text_hidden)
+        x = downsample_patches(image_features, self.grid, self.downsample_factor, self.downsample_mode)
+        return self.linear_2(self.act(self.linear_1(x)))
 
 
 class TinyVLMPreTrainedModel(PreTrainedModel):
@@ -146,7 +171,7 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         hidden_states = tower.embeddings(pixel_values)  # (num_images, num_patches, vision_hidden)
         for layer in tower.encoder.layers[: self.config.num_vision_layers_used]:
             hidden_states = layer(hidden_states, None)
-        return self.multi_modal_projector(hidden_states)  # (num_images, num_patches, text_hidden)
+        return self.multi_modal_projector(hidden_states)  # (num_images, image_seq_length, text_hidden)
 
     def _image_token_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
         if input_ids is not None:
