@@ -72,7 +72,7 @@ def run(args) -> dict:
     variants = {f"k={k}": variant(model, k, args.mode) for k in (1, 2, 3)}
     setups = {name: cases(m, processor) for name, m in variants.items()}
     times = {name: {"lm": [], "e2e": []} for name in variants}
-    for name, (_, lm, e2e) in setups.items():  # warm-up
+    for _name, (_, lm, e2e) in setups.items():  # warm-up
         timed(lm), timed(e2e)
     for _ in range(args.repeats):
         for name, (_, lm, e2e) in setups.items():  # alternate the variants within each repeat
