@@ -252,6 +252,8 @@ def _training_record_rows(record: Mapping[str, Any], prefix: str = "") -> list[t
     for key, value in record.items():
         if isinstance(value, Mapping):
             rows += _training_record_rows(value, f"{prefix}{key} / ")
+        elif key in ("max_steps", "warmup_steps") and isinstance(value, (int, float)) and value <= 0:
+            continue  # the Trainer's "not set"
         elif value is not None and value != [] and not _is_local_path(value):
             if not isinstance(value, list) or all(not isinstance(item, (Mapping, list)) for item in value):
                 rows.append((f"{prefix}{key}".replace("_", " "), _fmt(value)))

@@ -248,3 +248,11 @@ def test_eval_command_with_a_model_writes_predictions_and_metrics(tiny_model_dir
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_questions"] == len(COLOURS)
     assert metrics["eval_config"]["max_new_tokens"] == 4
+
+
+def test_only_higher_is_better_numbers_are_compared():
+    flat = evaluate_vqa.flatten_metrics(
+        {"vqa_accuracy": 50.0, "yes_no_f1": None, "yes_no_yes_ratio": 40.0, "num_questions": 9,
+         "per_answer_type": {"yes/no": 70.0}, "eval_config": {"max_new_tokens": 16}}
+    )  # fmt: skip
+    assert flat == {"vqa_accuracy": 50.0, "per_answer_type/yes/no": 70.0}

@@ -95,6 +95,8 @@ def test_exact_match_uses_full_normalisation_and_majority_answer():
         ndigits=None,
     )
     assert metrics["exact_match"] == pytest.approx(200 / 3)
+    # no yes/no reference: the yes/no keys are still there, as null
+    assert metrics["yes_no_f1"] is None and metrics["num_yes_no_questions"] == 0
 
 
 def test_yes_no_label_follows_pope():

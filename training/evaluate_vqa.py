@@ -286,7 +286,7 @@ def _eval_config(args: argparse.Namespace, prompt_suffix: str | None) -> dict[st
 
 def _summary(metrics: Mapping[str, Any]) -> str:
     keys = ("vqa_accuracy", "exact_match", "yes_no_accuracy", "yes_no_f1", "num_questions")
-    parts = [f"{key} {metrics[key]:g}" for key in keys if key in metrics]
+    parts = [f"{key} {metrics[key]:g}" for key in keys if metrics.get(key) is not None]
     parts += [f"{kind} {value:g}" for kind, value in metrics.get("per_answer_type", {}).items()]
     return ", ".join(parts)
 

@@ -222,11 +222,11 @@ def compute_vqa_metrics(
         "vqa_accuracy": _percent(_mean(accuracies), ndigits),
         "exact_match": _percent(_mean(matches), ndigits),
     }
+    # Always present, null without yes/no questions, so readers of metrics.json need no key checks.
     yes_no = yes_no_scores(predictions, single)
-    if yes_no is not None:
-        for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
-            metrics[f"yes_no_{key}"] = _percent(yes_no[key], ndigits)
-        metrics["num_yes_no_questions"] = yes_no["count"]
+    for key in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+        metrics[f"yes_no_{key}"] = _percent(yes_no[key], ndigits) if yes_no else None
+    metrics["num_yes_no_questions"] = yes_no["count"] if yes_no else 0
     metrics["per_answer_type"] = _grouped_percent(accuracies, answer_types, ndigits)
     metrics["per_question_type"] = _grouped_percent(accuracies, question_types, ndigits)
     metrics["num_questions"] = len(predictions)
