@@ -212,6 +212,10 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds")
         cache = kwargs.pop("cache", None)
         cache = past_key_values if cache is None else cache
+        if labels is not None and use_cache is None:
+            # Training needs no KV cache; without one, transformers also reads packed (padding-free)
+            # sequences from position_ids instead of treating them as one long row.
+            use_cache = False
         return_dict = kwargs.pop("return_dict", None)
 
         if inputs_embeds is None:
