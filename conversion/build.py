@@ -91,10 +91,14 @@ def siglip_image_processor(image_size: int) -> SiglipImageProcessor:
 
 
 def generation_config_for(tokenizer) -> GenerationConfig:
+    """Greedy by default; the `<image>` and pad tokens are never generated (an `<image>` in an answer
+    would be taken for a placeholder when the text is fed back)."""
+    never = [tokenizer.convert_tokens_to_ids("<image>"), tokenizer.pad_token_id]
     return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        suppress_tokens=sorted({t for t in never if t is not None}),
         do_sample=False,
         max_new_tokens=64,
     )

@@ -124,6 +124,10 @@ def _build_vision_tower(vision_config) -> nn.Module:
     return getattr(tower, "vision_model", tower)
 
 
+def _is_prefill(cache) -> bool:
+    return cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
+
+
 def _cache_kwarg_name(language_model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
 
@@ -225,7 +229,8 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
             image_features = self.get_image_features(pixel_values)
             mask = self._image_token_mask(input_ids, inputs_embeds)
             inputs_embeds = self._merge_image_features(mask, inputs_embeds, image_features)
-        elif input_ids is not None and (input_ids == self.config.image_token_id).any():
+        elif input_ids is not None and _is_prefill(cache) and (input_ids == self.config.image_token_id).any():
+            # (after the prefill a sampled <image> token is just a token; the check is for user input)
             raise ValueError(
                 f"input_ids hold {int((input_ids == self.config.image_token_id).sum())} image tokens "
                 "but no pixel_values were given"

@@ -202,3 +202,22 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     keys = set(loaded.state_dict())
     assert "vision_tower.embeddings.patch_embedding.weight" in keys
     assert "language_model.lm_head.weight" in keys and "multi_modal_projector.linear_2.bias" in keys
+
+
+def test_generated_image_token_after_prefill_is_not_an_error(tiny):
+    """A random model may sample `<image>`; the decode step must not mistake it for a placeholder."""
+    model, processor = tiny
+    batch = _inputs(processor, [("What colour?", 1)], [solid_image()])
+    with torch.no_grad():
+        prefill = model(**batch, use_cache=True)
+        step = torch.tensor([[model.config.image_token_id]])
+        mask = torch.cat([batch["attention_mask"], torch.ones(1, 1, dtype=torch.long)], dim=1)
+        cache = prefill["cache"] if "cache" in prefill else prefill["past_key_values"]  # 5.24 renamed it
+        out = model(input_ids=step, attention_mask=mask, past_key_values=cache)
+    assert out.logits.shape[1] == 1
+
+
+def test_generation_config_never_generates_image_or_pad(tiny):
+    model, processor = tiny
+    assert model.config.image_token_id in model.generation_config.suppress_tokens
+    assert processor.tokenizer.pad_token_id in model.generation_config.suppress_tokens
