@@ -202,8 +202,13 @@ def fit_embedding_map(old_rows: torch.Tensor, new_rows: torch.Tensor) -> Embeddi
         )
     x, y = old_rows.double(), new_rows.double()
     x_mean, y_mean = x.mean(0), y.mean(0)
+    logger.info(
+        "fitting a %d -> %d embedding map over %d shared tokens (float64)", old_hidden, new_rows.shape[1], n
+    )
     # Centring fits the intercept without a column of ones and keeps the system well conditioned.
-    solution = torch.linalg.lstsq(x - x_mean, y - y_mean, driver="gelsd").solution  # (old_hidden, new_hidden)
+    # gelsy (pivoted QR) copes with a rank-deficient table and is ~4x faster than the SVD-based gelsd:
+    # 20000 x 4096 took 2 min on 2 busy cores, against 9 min.
+    solution = torch.linalg.lstsq(x - x_mean, y - y_mean, driver="gelsy").solution  # (old_hidden, new_hidden)
     matrix = solution.T.contiguous()
     intercept = y_mean - matrix @ x_mean
     residual = (x @ matrix.T + intercept - y).norm() / (y - y_mean).norm().clamp_min(1e-300)
@@ -322,12 +327,7 @@ def port_projector(
     old, source_keys = extract_projector(state_dict, fmt, source)
     hidden, old_out = old["linear_1.weight"].shape[0], old["linear_2.weight"].shape[0]
     width = old["linear_1.weight"].shape[1]
-    if width != vision_hidden_size:
-        raise ValueError(
-            f"{source}: {source_keys['linear_1.weight']} takes {width}-wide vision features but the vision "
-            f"tower is {vision_hidden_size} wide: a projector trained on another vision encoder (CLIP "
-            "ViT-L is 1024, SigLIP-so400m 1152) does not carry over"
-        )
+    check_vision_width(old, source_keys, vision_hidden_size, source)
     dtype = old["linear_1.weight"].dtype
     new = init_projector(vision_hidden_size, hidden, target_hidden_size, seed, dtype)
     actions = dict.fromkeys(CANONICAL, "reinitialised")
@@ -346,17 +346,33 @@ def port_projector(
     return tensors, report
 
 
-def _map_linear_2(old: dict, mapping: EmbeddingMap, target_hidden_size: int, source: str):
-    new_hidden, old_hidden = mapping.matrix.shape
-    if old_hidden != old["linear_2.weight"].shape[0]:
+def check_vision_width(old: dict, source_keys: dict, vision_hidden_size: int, source: str) -> None:
+    """The input side carries over only from a vision encoder of the same width."""
+    width = old["linear_1.weight"].shape[1]
+    if width != vision_hidden_size:
         raise ValueError(
-            f"{source}: the old projector writes {old['linear_2.weight'].shape[0]}-dim embeddings but --old-llm "
-            f"has {old_hidden}-dim embeddings: it is not the LLM this projector was trained with"
+            f"{source}: {source_keys['linear_1.weight']} takes {width}-wide vision features but the vision "
+            f"tower is {vision_hidden_size} wide: a projector trained on another vision encoder (CLIP "
+            "ViT-L is 1024, SigLIP-so400m 1152) does not carry over"
+        )
+
+
+def check_map_widths(old_output: int, old_hidden: int, new_hidden: int, target_hidden_size: int, source: str):
+    """The old LLM must be the one the projector wrote into, the new one the target width."""
+    if old_hidden != old_output:
+        raise ValueError(
+            f"{source}: the old projector writes {old_output}-dim embeddings but --old-llm has "
+            f"{old_hidden}-dim embeddings: it is not the LLM this projector was trained with"
         )
     if new_hidden != target_hidden_size:
         raise ValueError(
             f"--new-llm has {new_hidden}-dim embeddings but --target-hidden-size is {target_hidden_size}"
         )
+
+
+def _map_linear_2(old: dict, mapping: EmbeddingMap, target_hidden_size: int, source: str):
+    new_hidden, old_hidden = mapping.matrix.shape
+    check_map_widths(old["linear_2.weight"].shape[0], old_hidden, new_hidden, target_hidden_size, source)
     dtype = old["linear_2.weight"].dtype
     weight = mapping.matrix @ old["linear_2.weight"].double()  # (new_hidden, P)
     bias = mapping.matrix @ old["linear_2.bias"].double() + mapping.intercept  # (new_hidden,)
@@ -545,31 +561,41 @@ def main(argv: list[str]) -> int:
     for path in (args.output, args.report):
         if path is not None and path.exists() and not args.overwrite:
             raise FileExistsError(f"{path} exists (pass --overwrite to replace it)")
-    mapping = None
-    if args.strategy == "embedding-map":
-        if not (args.old_llm and args.new_llm):
-            raise ValueError("--strategy embedding-map needs --old-llm and --new-llm")
-        old_table, old_vocab = load_llm_embeddings(args.old_llm, "old-llm")
-        new_table, new_vocab = load_llm_embeddings(args.new_llm, "new-llm")
-        mapping = embedding_map_from_tables(old_table, old_vocab, new_table, new_vocab)
-    elif args.old_llm or args.new_llm:
-        raise ValueError("--old-llm and --new-llm are only read by --strategy embedding-map")
     reader = open_projector_source(args.input)
+    source = str(reader.path)
+    fmt = detect_format(reader, source) if args.format == "auto" else args.format
+    # Refuse a bad input before the (minutes-long, at real size) embedding-map fit.
+    old, source_keys = extract_projector(reader, fmt, source)
+    check_vision_width(old, source_keys, args.vision_hidden_size, source)
+    mapping = _embedding_map_from_args(args, old["linear_2.weight"].shape[0], source)
     tensors, report = port_projector(
         reader,
-        fmt=args.format,
+        fmt=fmt,
         strategy=args.strategy,
         target_hidden_size=args.target_hidden_size,
         vision_hidden_size=args.vision_hidden_size,
         embedding_map=mapping,
         seed=args.seed,
-        source=str(reader.path),
+        source=source,
     )
     if mapping is not None:
         report["embedding_map"].update(old_llm=str(args.old_llm), new_llm=str(args.new_llm))
     save_projector(tensors, report, args.output, args.report)
     print(_summary(reader, report, args.output))
     return 0
+
+
+def _embedding_map_from_args(args: argparse.Namespace, old_output: int, source: str) -> EmbeddingMap | None:
+    if args.strategy != "embedding-map":
+        if args.old_llm or args.new_llm:
+            raise ValueError("--old-llm and --new-llm are only read by --strategy embedding-map")
+        return None
+    if not (args.old_llm and args.new_llm):
+        raise ValueError("--strategy embedding-map needs --old-llm and --new-llm")
+    old_table, old_vocab = load_llm_embeddings(args.old_llm, "old-llm")
+    new_table, new_vocab = load_llm_embeddings(args.new_llm, "new-llm")
+    check_map_widths(old_output, old_table.shape[1], new_table.shape[1], args.target_hidden_size, source)
+    return embedding_map_from_tables(old_table, old_vocab, new_table, new_vocab)
 
 
 def _summary(reader: CheckpointReader, report: dict, output: Path) -> str:
