@@ -19,6 +19,7 @@ from transformers import GenerationConfig, SiglipImageProcessor
 from transformers.utils import logging
 
 from ..modeling_tinyvlm import TinyVLMConfig, TinyVLMForConditionalGeneration, TinyVLMProcessor
+from .from_checkpoints import add_arguments, build_from_args
 from .tokenizer import add_vlm_tokens, build_offline_tokenizer
 from .utils import atomic_dir, save_model_folder
 
@@ -165,30 +166,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--output", required=True, help="folder to write (atomically)")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="random-init architecture, no download")
-    parser.add_argument("--seed", type=int, default=0, help="random init seed for --preset")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--seed", type=int, default=0, help="random init seed (preset, or a fresh projector)")
+    parser.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="auto: float32 for a preset; the checkpoints' own dtype (the widest if they differ) otherwise",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    try:
-        from .from_checkpoints import add_arguments
-    except ImportError:  # checkpoint building not available in this build
-        add_arguments = None
-    if add_arguments is not None:
-        add_arguments(parser)
+    add_arguments(parser)
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    dtype = getattr(torch, args.dtype)
     if args.preset:
-        if getattr(args, "vision", None) or getattr(args, "llm", None):
+        if args.vision or args.llm or args.projector:
             raise ValueError("pass either --preset or --vision/--llm, not both")
+        dtype = torch.float32 if args.dtype == "auto" else getattr(torch, args.dtype)
         build_preset(args.preset, args.output, seed=args.seed, dtype=dtype, overwrite=args.overwrite)
     else:
-        if not (getattr(args, "vision", None) and getattr(args, "llm", None)):
+        if not (args.vision and args.llm):
             raise ValueError("pass --preset NAME, or both --vision and --llm")
-        from .from_checkpoints import build_from_checkpoints
-
-        build_from_checkpoints(**{k: v for k, v in vars(args).items() if k not in ("preset", "seed")})
+        build_from_args(args)
     print(f"wrote {args.output}")
     return 0
