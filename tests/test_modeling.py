@@ -221,3 +221,11 @@ def test_generation_config_never_generates_image_or_pad(tiny):
     model, processor = tiny
     assert model.config.image_token_id in model.generation_config.suppress_tokens
     assert processor.tokenizer.pad_token_id in model.generation_config.suppress_tokens
+
+
+def test_static_cache_generation_equals_dynamic(tiny):
+    model, processor = tiny
+    batch = _inputs(
+        processor, [("What colour is it?", 1), ("Colour?", 1)], [solid_image(), solid_image(COLOURS[2])]
+    )
+    assert torch.equal(_generate(model, batch), _generate(model, batch, cache_implementation="static"))
