@@ -52,7 +52,11 @@ def load_merged(adapter_dir: str, base: str | None = None) -> TinyVLMForConditio
 
 
 def merge_adapter(
-    adapter_dir: str, output_dir: str, base: str | None = None, dtype: str = "float32", overwrite: bool = False
+    adapter_dir: str,
+    output_dir: str,
+    base: str | None = None,
+    dtype: str = "float32",
+    overwrite: bool = False,
 ) -> str:
     """Write the merged model, the processor and the training record to `output_dir`, atomically."""
     base = adapter_base(adapter_dir, base)
@@ -92,8 +96,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("adapter", help="the adapter folder (phase 3 output or one of its checkpoints)")
     parser.add_argument("--output", required=True, help="folder to write (atomically)")
-    parser.add_argument("--base", help="base tinyvlm folder (default: base_model_name_or_path of the adapter)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights")
+    parser.add_argument(
+        "--base", help="base tinyvlm folder (default: base_model_name_or_path of the adapter)"
+    )
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the saved weights"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     return parser
 

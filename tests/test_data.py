@@ -1,0 +1,248 @@
+"""Training data: LLaVA / datasets rows -> input_ids, labels, pixel_values; bad rows skipped and counted."""
+
+from __future__ import annotations
+
+import json
+import logging as std_logging
+
+import pytest
+import torch
+from PIL import Image
+from tinyvlm.training.data import (
+    IGNORE_INDEX,
+    BadRowError,
+    DataCollatorForVLM,
+    SupervisedDataset,
+    normalize_row,
+    open_rows,
+    tokenize_conversation,
+)
+
+
+def row(index, answer="red", image="a.png", question="<image>\nWhat colour is it?", turns=None):
+    conversations = turns or [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]
+    out = {"id": f"r{index}", "conversations": conversations}
+    if image is not None:
+        out["image"] = image
+    return out
+
+
+@pytest.fixture
+def folder(tmp_path):
+    Image.new("RGB", (20, 20), (255, 0, 0)).save(tmp_path / "a.png")
+    Image.new("RGB", (30, 10), (0, 0, 255)).save(tmp_path / "b.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return tmp_path
+
+
+def write_json(folder, rows, name="data.json"):
+    path = folder / name
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+def labelled_text(processor, example) -> str:
+    ids = [i for i, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
+    return processor.tokenizer.decode(ids)
+
+
+def test_input_ids_and_pixels_equal_the_processor_output(tiny, folder):
+    """The dataset tokenises exactly as the processor does (same special tokens, same image expansion)."""
+    _, processor = tiny
+    dataset = SupervisedDataset(open_rows(write_json(folder, [row(0)])), processor, str(folder))
+    example = dataset[0]
+    text = processor.apply_chat_template(normalize_row(row(0), 0).messages, tokenize=False)
+    reference = processor(
+        images=[Image.open(folder / "a.png").convert("RGB")], text=[text], return_tensors="pt"
+    )
+    assert example["input_ids"] == reference["input_ids"][0].tolist()
+    torch.testing.assert_close(example["pixel_values"], reference["pixel_values"])
+
+
+def test_loss_only_on_assistant_tokens_and_their_end_of_turn(tiny, folder):
+    _, processor = tiny
+    turns = [
+        {"from": "human", "value": "<image>\nHow many shapes are there?"},
+        {"from": "gpt", "value": "2"},
+        {"from": "human", "value": "What shape are they?"},
+        {"from": "gpt", "value": "square"},
+    ]
+    dataset = SupervisedDataset(open_rows(write_json(folder, [row(0, turns=turns)])), processor, str(folder))
+    example = dataset[0]
+    assert labelled_text(processor, example).replace(" ", "") == "2</s>square</s>"
+    image_positions = [i for i, t in enumerate(example["input_ids"]) if t == processor.image_token_id]
+    assert len(image_positions) == processor.image_seq_length
+    assert all(example["labels"][i] == IGNORE_INDEX for i in image_positions)
+
+
+def test_label_mask_survives_a_bpe_merge_across_the_prompt_answer_boundary(tiny):
+    """The offline tokenizer merges "|>\\nred" into one token: tokenize(prompt) is then not a prefix of
+    tokenize(prompt + answer), and a prefix-based mask would mask the whole answer (loss 0)."""
+    _, processor = tiny
+    conv = normalize_row(row(0, answer="red", image=None, question="What colour?"), 0)
+    input_ids, labels = tokenize_conversation(processor, conv, None)
+    prompt = processor.apply_chat_template(conv.messages[:1], tokenize=False, add_generation_prompt=True)
+    prompt_ids = processor.tokenizer(prompt)["input_ids"]
+    merged = input_ids[: len(prompt_ids)] != prompt_ids
+    labelled = processor.tokenizer.decode([t for t, label in zip(input_ids, labels) if label != IGNORE_INDEX])
+    assert "red" in labelled and labelled.endswith("</s>")
+    if not merged:
+        pytest.skip("this tokenizer does not merge across the boundary; nothing to pin")
+
+
+def test_text_only_rows_have_no_pixel_values_and_batch_without_them(tiny, folder):
+    _, processor = tiny
+    rows = [row(0, image=None, question="Name a colour."), row(1, image=None, question="And another?")]
+    dataset = SupervisedDataset(open_rows(write_json(folder, rows)), processor, str(folder))
+    batch = DataCollatorForVLM(processor.tokenizer.pad_token_id)([dataset[0], dataset[1]])
+    assert "pixel_values" not in batch
+    assert (batch["labels"] != IGNORE_INDEX).any()
+
+
+def test_collator_pads_right_and_keeps_images_in_row_order(tiny, folder):
+    _, processor = tiny
+    rows = [
+        row(0, image="a.png"),
+        row(1, image=None, question="A text-only question that is rather longer than the others?"),
+        row(2, image="b.png", answer="blue"),
+    ]
+    dataset = SupervisedDataset(open_rows(write_json(folder, rows)), processor, str(folder))
+    examples = [dataset[i] for i in range(3)]
+    batch = DataCollatorForVLM(processor.tokenizer.pad_token_id)(examples)
+    lengths = [len(e["input_ids"]) for e in examples]
+    assert batch["input_ids"].shape == (3, max(lengths))
+    for r, n in enumerate(lengths):
+        assert batch["attention_mask"][r].tolist() == [1] * n + [0] * (max(lengths) - n)
+        assert (batch["labels"][r, n:] == IGNORE_INDEX).all()
+        assert (batch["input_ids"][r, n:] == processor.tokenizer.pad_token_id).all()
+    assert batch["pixel_values"].shape[0] == 2
+    torch.testing.assert_close(batch["pixel_values"][1], examples[2]["pixel_values"][0])
+
+
+def test_bad_rows_are_skipped_counted_and_named_in_the_log(tiny, folder, caplog):
+    _, processor = tiny
+    rows = [
+        row(0),
+        row(1, image="missing.png"),
+        row(2, question="no placeholder here"),
+        {"id": "r3", "image": "a.png", "conversations": []},
+        {"id": "r4", "conversations": [{"from": "gpt", "value": "answer first"}]},
+        "not a dict",
+        row(6, image="broken.png"),
+        row(7, image="b.png"),
+    ]
+    dataset = SupervisedDataset(open_rows(write_json(folder, rows)), processor, str(folder))
+    with caplog.at_level(std_logging.WARNING):
+        items = [dataset[i] for i in range(len(dataset))]  # the broken image shows only when read
+        dataset.log_summary()
+    summary = dataset.summary()
+    assert summary["rows_total"] == 8 and summary["rows_skipped"] == 6 and summary["rows_used"] == 2
+    assert summary["skipped_by_reason"] == {
+        "empty": 1,
+        "image_count_mismatch": 1,
+        "image_missing": 1,
+        "image_unreadable": 1,
+        "malformed": 2,
+    }
+    assert all(item["pixel_values"] is not None for item in items)
+    for name in ("r1", "r2", "r3", "r4", "row 5", "r6"):
+        assert name in caplog.text
+
+
+def test_strict_fails_on_the_first_bad_row_naming_it(tiny, folder):
+    _, processor = tiny
+    with pytest.raises(ValueError, match=r"row 1 \(id 'r1'\): image_missing"):
+        SupervisedDataset(
+            open_rows(write_json(folder, [row(0), row(1, image="nope.png")])),
+            processor,
+            str(folder),
+            strict=True,
+        )
+    dataset = SupervisedDataset(
+        open_rows(write_json(folder, [row(0, image="broken.png")])), processor, str(folder), strict=True
+    )
+    with pytest.raises(BadRowError, match="image_unreadable"):
+        dataset[0]
+
+
+def test_malformed_jsonl_line_is_one_bad_row(tiny, folder):
+    _, processor = tiny
+    path = folder / "data.jsonl"
+    path.write_text(json.dumps(row(0)) + "\n{not json\n" + json.dumps(row(2, image="b.png")) + "\n")
+    dataset = SupervisedDataset(open_rows(str(path)), processor, str(folder))
+    assert len(dataset) == 2 and dataset.summary()["skipped_by_reason"] == {"malformed": 1}
+
+
+def test_truncation_keeps_the_image_or_skips_the_row(tiny, folder):
+    _, processor = tiny
+    per_image = processor.image_seq_length
+    long_answer = "red " * 40
+    rows = [row(0, answer=long_answer), row(1, question="<image>\n" + "What colour is it? " * 30)]
+    max_length = per_image + 30
+    dataset = SupervisedDataset(
+        open_rows(write_json(folder, rows)), processor, str(folder), model_max_length=max_length
+    )
+    example = dataset[0]  # cut inside the answer: kept, image intact
+    assert len(example["input_ids"]) == max_length
+    assert example["input_ids"].count(processor.image_token_id) == per_image
+    assert any(label != IGNORE_INDEX for label in example["labels"])
+    # row 1: the question alone overflows, no answer token would remain -> skipped when read
+    assert dataset[1]["input_ids"] == example["input_ids"]  # replaced by the next good row
+    assert dataset.summary()["skipped_by_reason"] == {"too_long": 1}
+    short = SupervisedDataset(
+        open_rows(write_json(folder, [row(0)], "one.json")),
+        processor,
+        str(folder),
+        model_max_length=per_image,
+    )
+    with pytest.raises(ValueError, match="bad rows in a row"):
+        short[0]  # the cut would go through the image tokens, and no other row is left
+
+
+def test_require_images_leaves_text_only_rows_out(tiny, folder):
+    _, processor = tiny
+    rows = [row(0), row(1, image=None, question="Text only?")]
+    dataset = SupervisedDataset(
+        open_rows(write_json(folder, rows)), processor, str(folder), require_images=True
+    )
+    assert len(dataset) == 1 and dataset.summary()["text_only_rows_skipped"] == 1
+    assert dataset.summary()["rows_skipped"] == 0
+
+
+def test_datasets_dataset_with_an_image_column(tiny):
+    """A `datasets` dataset: chat `messages` + an `images` list column; a corrupt image is a bad row."""
+    datasets = pytest.importorskip("datasets")
+    _, processor = tiny
+    good = Image.new("RGB", (16, 16), (0, 255, 0))
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "green"}]},
+    ]
+    data = datasets.Dataset.from_dict(
+        {"images": [[good], [good], []], "messages": [messages, messages, messages]}
+    )
+    dataset = SupervisedDataset(open_rows(data), processor)
+    assert len(dataset) == 2  # row 2: one placeholder, no image
+    assert dataset.summary()["skipped_by_reason"] == {"image_count_mismatch": 1}
+    example = dataset[0]
+    assert example["pixel_values"].shape[0] == 1
+    assert labelled_text(processor, example).replace(" ", "") == "green</s>"
+
+
+def test_llava_rows_from_a_saved_dataset_folder(tiny, folder, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    _, processor = tiny
+    raw = [row(0), row(1, image="b.png", answer="blue")]
+    data = datasets.Dataset.from_list([{**r, "image": Image.open(folder / r["image"])} for r in raw])
+    data.save_to_disk(str(tmp_path / "saved"))
+    dataset = SupervisedDataset(open_rows(str(tmp_path / "saved")), processor)
+    assert len(dataset) == 2
+    assert labelled_text(processor, dataset[1]).replace(" ", "") == "blue</s>"
+
+
+def test_missing_data_file_raises_file_not_found(tiny, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.json"):
+        open_rows(str(tmp_path / "nothing.json"))
+    (tmp_path / "obj.json").write_text("{}")
+    with pytest.raises(ValueError, match="JSON list"):
+        open_rows(str(tmp_path / "obj.json"))
