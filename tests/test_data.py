@@ -207,6 +207,8 @@ def test_require_images_leaves_text_only_rows_out(tiny, folder):
     )
     assert len(dataset) == 1 and dataset.summary()["text_only_rows_skipped"] == 1
     assert dataset.summary()["rows_skipped"] == 0
+    kept = SupervisedDataset(open_rows(write_json(folder, rows)), processor, str(folder))
+    assert len(kept) == 2 and kept.text_only_rows == 1  # train sets DDP's find_unused_parameters from this
 
 
 def test_datasets_dataset_with_an_image_column(tiny):

@@ -386,6 +386,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
         self.skipped: list[dict] = []
         self.bad: set[int] = set()
         self.text_only_skipped = 0
+        self.text_only_rows = 0  # text-only rows kept
         self.valid = self._prescan(require_images)
         if not self.valid:
             raise ValueError(f"No usable rows in the training data: {self.summary()}")
@@ -403,9 +404,11 @@ class SupervisedDataset(torch.utils.data.Dataset):
             except BadRowError as err:
                 self._skip(err)
                 continue
-            if require_images and not conv.images:
-                self.text_only_skipped += 1
-                continue
+            if not conv.images:
+                if require_images:
+                    self.text_only_skipped += 1
+                    continue
+                self.text_only_rows += 1
             valid.append(index)
         return valid
 

@@ -35,6 +35,7 @@ Design choices:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -162,9 +163,27 @@ def _rename_warmup_ratio(argv: list[str], config: dict) -> tuple[list[str], dict
     return argv, config
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+EXAMPLES = """examples:
+  tinyvlm train --phase projector --model_name_or_path tinyvlm-init --data_path llava.json \\
+      --image_folder images --output_dir out/phase2 --per_device_train_batch_size 32 --bf16 True
+  tinyvlm train training/configs/phase3_lora.yaml --output_dir out/phase3   # config file + overrides
+  tinyvlm merge out/phase3 --output tinyvlm-chat"""
+
+
 def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Command line, or a config file followed by overriding flags; phase defaults fill the rest."""
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments), prog="tinyvlm train")
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, TrainingArguments),
+        prog="tinyvlm train",
+        description="Phase 2 (projector), phase 3 (LoRA / QLoRA) or full training on the stock Trainer. "
+        "A first argument ending in .yaml/.yml/.json is a config file; flags after it override it.",
+        epilog=EXAMPLES,
+        formatter_class=_HelpFormatter,
+    )
     config, source = {}, "the command line"
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
         config, source, argv = _read_config(argv[0]), argv[0], argv[1:]
@@ -440,6 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     # ---- data ------------------------------------------------------------------------------
     dataset = build_train_dataset(data_args, processor, model_args.phase)
     collator = DataCollatorForVLM(pad_token_id=processor.tokenizer.pad_token_id)
+    if dataset.text_only_rows and training_args.ddp_find_unused_parameters is None:
+        # A batch of text-only rows leaves the projector without a gradient; DDP must expect that.
+        training_args.ddp_find_unused_parameters = True
 
     # ---- training --------------------------------------------------------------------------
     trainer = Trainer(
