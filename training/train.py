@@ -127,6 +127,10 @@ class DataArguments:
     strict: bool = field(
         default=False, metadata={"help": "Fail on the first bad row instead of skipping it."}
     )
+    padding_free: bool = field(
+        default=False,
+        metadata={"help": "Pack each batch into one row with per-row position_ids instead of padding it."},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,6 +398,7 @@ def training_record(model_args, data_args, training_args, dataset, train_result)
         * training_args.gradient_accumulation_steps
         * world_size,
         "model_max_length": data_args.model_max_length,
+        "padding_free": data_args.padding_free,
         "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
         "gradient_checkpointing": bool(training_args.gradient_checkpointing),
         "seed": training_args.seed,
@@ -458,7 +463,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- data ------------------------------------------------------------------------------
     dataset = build_train_dataset(data_args, processor, model_args.phase)
-    collator = DataCollatorForVLM(pad_token_id=processor.tokenizer.pad_token_id)
+    if data_args.padding_free:
+        from .packing import DataCollatorForVLMPadFree
+
+        collator = DataCollatorForVLMPadFree()
+    else:
+        collator = DataCollatorForVLM(pad_token_id=processor.tokenizer.pad_token_id)
     if dataset.text_only_rows and training_args.ddp_find_unused_parameters is None:
         # A batch of text-only rows leaves the projector without a gradient; DDP must expect that.
         training_args.ddp_find_unused_parameters = True
