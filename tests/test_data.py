@@ -75,19 +75,39 @@ def test_loss_only_on_assistant_tokens_and_their_end_of_turn(tiny, folder):
     assert all(example["labels"][i] == IGNORE_INDEX for i in image_positions)
 
 
+def _merging_processor(processor):
+    """The tiny processor with a BPE tokenizer that merges across newlines, trained so that the
+    template's "|>\n" fuses with the answer "red" (what the offline tokenizer once did)."""
+    from tinyvlm.conversion.tokenizer import add_vlm_tokens
+    from tinyvlm.modeling_tinyvlm import TinyVLMProcessor
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, show_progress=False)
+    corpus = ["<|user|>\nWhat colour?</s>\n<|assistant|>\nred</s>\n"] * 20 + ["<|assistant|>\nred"] * 50
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    add_vlm_tokens(fast)
+    return TinyVLMProcessor(
+        image_processor=processor.image_processor, tokenizer=fast, image_seq_length=processor.image_seq_length
+    )
+
+
 def test_label_mask_survives_a_bpe_merge_across_the_prompt_answer_boundary(tiny):
-    """The offline tokenizer merges "|>\\nred" into one token: tokenize(prompt) is then not a prefix of
+    """When BPE merges "|>\nred" into one token, tokenize(prompt) is not a prefix of
     tokenize(prompt + answer), and a prefix-based mask would mask the whole answer (loss 0)."""
-    _, processor = tiny
+    processor = _merging_processor(tiny[1])
     conv = normalize_row(row(0, answer="red", image=None, question="What colour?"), 0)
     input_ids, labels = tokenize_conversation(processor, conv, None)
     prompt = processor.apply_chat_template(conv.messages[:1], tokenize=False, add_generation_prompt=True)
     prompt_ids = processor.tokenizer(prompt)["input_ids"]
-    merged = input_ids[: len(prompt_ids)] != prompt_ids
+    assert input_ids[: len(prompt_ids)] != prompt_ids, "the tokenizer must merge across the boundary"
     labelled = processor.tokenizer.decode([t for t, label in zip(input_ids, labels) if label != IGNORE_INDEX])
     assert "red" in labelled and labelled.endswith("</s>")
-    if not merged:
-        pytest.skip("this tokenizer does not merge across the boundary; nothing to pin")
 
 
 def test_text_only_rows_have_no_pixel_values_and_batch_without_them(tiny, folder):
