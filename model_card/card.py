@@ -20,12 +20,13 @@ import math
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging
+
+from ..conversion.utils import atomic_write_text
 
 logger = logging.get_logger(__name__)
 
@@ -464,21 +465,10 @@ def render_card(folder: str | os.PathLike, repo_id: str | None = None, license: 
     return f"---\n{front_matter}\n---\n\n{body}"
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-
-
 def write_card(folder: str | os.PathLike, repo_id: str | None = None, license: str = DEFAULT_LICENSE) -> Path:
     """Render and write `folder/README.md` atomically; returns its path."""
     path = Path(folder) / "README.md"
-    _write_text_atomic(path, render_card(folder, repo_id=repo_id, license=license))
+    atomic_write_text(path, render_card(folder, repo_id=repo_id, license=license))
     logger.info("wrote %s", path)
     return path
 

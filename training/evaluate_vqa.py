@@ -19,13 +19,13 @@ import argparse
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging
 
+from ..conversion.utils import atomic_write_text
 from .vqa_eval import VQASample, load_predictions, load_vqa_samples, open_image, score_samples
 
 logger = logging.get_logger(__name__)
@@ -58,30 +58,15 @@ exit status: 0 ok, 1 bad input, 3 a metric fell more than --tolerance points bel
 # ---------------------------------------------------------------------------------------------
 # Files
 # ---------------------------------------------------------------------------------------------
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to a temporary file next to `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
-    return path
-
-
 def write_predictions(path: str | os.PathLike, samples: Sequence[VQASample], answers: Mapping[str, str]):
     rows = (
         json.dumps({"question_id": s.question_id, "answer": answers[str(s.question_id)]}) for s in samples
     )
-    return write_text_atomic(path, "".join(row + "\n" for row in rows))
+    return atomic_write_text(path, "".join(row + "\n" for row in rows))
 
 
 def write_metrics(path: str | os.PathLike, metrics: Mapping[str, Any]) -> Path:
-    return write_text_atomic(path, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
+    return atomic_write_text(path, json.dumps(metrics, indent=2, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
