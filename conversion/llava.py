@@ -21,13 +21,12 @@ import json
 import re
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoImageProcessor, AutoTokenizer
 from transformers.utils import logging
 
 from ..modeling_tinyvlm import TinyVLMConfig, TinyVLMForConditionalGeneration, TinyVLMProcessor
+from .from_checkpoints import CheckpointReader
 from .utils import atomic_dir, save_model_folder
 
 logger = logging.get_logger(__name__)
@@ -119,23 +118,6 @@ def tinyvlm_config_to_llava(config: TinyVLMConfig) -> dict:
     }
 
 
-def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (folder / "model.safetensors").exists():
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(
-            f"{folder}: no model.safetensors or model.safetensors.index.json (pickled .bin is not read)"
-        )
-    state = {}
-    for name in files:
-        with safe_open(folder / name, framework="pt") as f:
-            state.update({key: f.get_tensor(key) for key in f.keys()})
-    return state
-
-
 def _load_strict(model, state: dict, source) -> None:
     expected = set(model.state_dict())
     if model.config.tie_word_embeddings:
@@ -183,7 +165,7 @@ def import_llava(src, dst, overwrite: bool = False) -> Path:
     if llava.get("model_type") != "llava":
         raise ValueError(f"{config_file}: model_type is {llava.get('model_type')!r}, expected 'llava'")
     config = llava_config_to_tinyvlm(llava, str(config_file))
-    state = rename_keys(read_safetensors_folder(src), IMPORT_RULES)
+    state = rename_keys(dict(CheckpointReader(src)), IMPORT_RULES)
     dtype = next(iter(state.values())).dtype
     model = TinyVLMForConditionalGeneration(config)
     _load_strict(model, state, src)
@@ -201,7 +183,7 @@ def export_llava(src, dst, overwrite: bool = False) -> Path:
     src, dst = Path(src), Path(dst)
     config = TinyVLMConfig.from_pretrained(src)
     llava_config = tinyvlm_config_to_llava(config)
-    state = rename_keys(read_safetensors_folder(src), EXPORT_RULES)
+    state = rename_keys(dict(CheckpointReader(src)), EXPORT_RULES)
     with atomic_dir(dst, overwrite=overwrite) as tmp:
         (tmp / "config.json").write_text(json.dumps(llava_config, indent=2) + "\n")
         save_file(
