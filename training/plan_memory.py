@@ -52,6 +52,8 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from ..conversion.utils import atomic_write_text
+
 logger = logging.get_logger(__name__)
 
 PHASES = ("projector", "lora", "full", "inference")
@@ -480,16 +482,30 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="tokens per row, the image's tokens included (model_max_length)",
     )
-    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="bf16", help="dtype of the weights")
+    parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default="bf16",
+        help="dtype of the weights: tinyvlm train keeps the folder's dtype (bf16: a bf16 folder with --bf16 True)",
+    )
     parser.add_argument("--bits", type=int, choices=(4, 8), help="QLoRA: the LLM quantised (phase lora)")
-    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="as tinyvlm train's (non-reentrant, every layer)",
+    )
     parser.add_argument(
         "--preset", help="tiny or tinyllama-siglip (default: tinyllama-siglip unless --model)"
     )
     parser.add_argument("--model", help="a tinyvlm folder; only its config.json is read")
     parser.add_argument("--lora_r", type=int, help="LoRA rank (default: tinyvlm train's)")
     parser.add_argument("--lora_o_proj", action="store_true", help="LoRA on o_proj too")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw", help="adamw_8bit: bitsandbytes")
+    parser.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default="adamw",
+        help="adamw: the Trainer's default (adamw_torch_fused); adamw_8bit: --optim adamw_bnb_8bit",
+    )
     parser.add_argument(
         "--device", choices=DEVICES, default="cuda", help="cpu: no CUDA context, float dropout masks"
     )
@@ -501,6 +517,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     preset = args.preset or (None if args.model else "tinyllama-siglip")
     shape = model_shape(load_config(preset=preset, model=args.model))
+    logger.info("planning for %s: %s parameters", preset or args.model, f"{sum(shape.params.values()):,}")
     plan = Plan(
         phase=args.phase,
         batch_size=args.batch_size,
@@ -516,6 +533,5 @@ def main(argv: list[str]) -> int:
     result = estimate(shape, plan)
     print(format_report(result))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
