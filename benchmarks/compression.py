@@ -15,14 +15,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
-import time
+import sys
 
 import torch
 from tinyvlm.conversion.build import build_preset_model
 from tinyvlm.modeling_tinyvlm import TinyVLMConfig
 from tinyvlm.modeling_tinyvlm.modeling_tinyvlm import TinyVLMMultiModalProjector
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `common` next to this script
+from common import timed  # noqa: E402
 
 PROMPT = "<|user|>\n<image>\nWhat shape is in the top left corner of the picture?</s>\n<|assistant|>\n"
 
@@ -41,13 +45,6 @@ def variant(model, factor: int, mode: str):
     return view
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    with torch.inference_mode():
-        fn()
-    return time.perf_counter() - start
-
-
 def cases(model, processor):
     """name -> (lm_prefill, e2e_prefill) callables for one image + prompt."""
     size = model.config.vision_config.image_size
@@ -60,6 +57,7 @@ def cases(model, processor):
     return input_ids.shape[1], lm, e2e
 
 
+@torch.inference_mode()  # prefill only: no autograd bookkeeping in what is timed
 def run(args) -> dict:
     preset = "tiny" if args.quick else "tinyllama-siglip"
     overrides = (

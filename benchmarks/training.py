@@ -26,6 +26,9 @@ from tinyvlm.conversion.build import build_preset_model
 from tinyvlm.training.data import DataCollatorForVLM
 from tinyvlm.training.packing import DataCollatorForVLMPadFree, length_grouped_indices
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `common` next to this script
+from common import proc_status_bytes  # noqa: E402
+
 # (share of rows, text tokens range): LLaVA-665k is mostly short VQA answers, with a tail of long
 # multi-turn conversations (LLaVA-Instruct) and a few text-only rows.
 LENGTH_MIX = [
@@ -160,11 +163,7 @@ def measure_memory(side: str, args) -> float:
 
 
 def _vm_hwm_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    return proc_status_bytes("VmHWM") / 2**20
 
 
 def memory_child(side: str, args) -> None:
