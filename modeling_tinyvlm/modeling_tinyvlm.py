@@ -128,6 +128,13 @@ def _is_prefill(cache) -> bool:
     return cache is None or not hasattr(cache, "get_seq_length") or cache.get_seq_length() == 0
 
 
+def _is_compiling() -> bool:
+    compiler = getattr(torch, "compiler", None)  # torch.compiler.is_compiling is 2.3+
+    if compiler is not None and hasattr(compiler, "is_compiling"):
+        return compiler.is_compiling()
+    return torch._dynamo.is_compiling()
+
+
 def _cache_kwarg_name(language_model: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(language_model.forward).parameters else "past_key_values"
 
@@ -229,8 +236,15 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
             image_features = self.get_image_features(pixel_values)
             mask = self._image_token_mask(input_ids, inputs_embeds)
             inputs_embeds = self._merge_image_features(mask, inputs_embeds, image_features)
-        elif input_ids is not None and _is_prefill(cache) and (input_ids == self.config.image_token_id).any():
-            # (after the prefill a sampled <image> token is just a token; the check is for user input)
+        elif (
+            input_ids is not None
+            and not _is_compiling()
+            and _is_prefill(cache)
+            and (input_ids == self.config.image_token_id).any()
+        ):
+            # After the prefill a sampled <image> token is just a token; the check is for user input.
+            # It reads tensor values, so the compiled decode step of generate() (static cache) skips it
+            # rather than break the graph: generate() runs the prefill uncompiled.
             raise ValueError(
                 f"input_ids hold {int((input_ids == self.config.image_token_id).sum())} image tokens "
                 "but no pixel_values were given"

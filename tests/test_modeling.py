@@ -229,3 +229,30 @@ def test_static_cache_generation_equals_dynamic(tiny):
         processor, [("What colour is it?", 1), ("Colour?", 1)], [solid_image(), solid_image(COLOURS[2])]
     )
     assert torch.equal(_generate(model, batch), _generate(model, batch, cache_implementation="static"))
+
+
+def test_static_cache_compiled_decode_equals_eager_without_graph_breaks():
+    """generate() compiles only the decode step (fullgraph): the prefill, and so the vision tower, runs
+    uncompiled once per call, and a second call reuses the graph. CPU needs _compile_all_devices; on
+    CUDA transformers compiles a static-cache decode by itself."""
+    import torch._dynamo
+    from transformers import CompileConfig
+
+    model, processor = build_preset_model("tiny", seed=0)
+    batch = _inputs(
+        processor, [("What colour is it?", 1), ("Colour?", 1)], [solid_image(), solid_image(COLOURS[2])]
+    )
+    expected = _generate(model, batch)
+    compile_config = CompileConfig(fullgraph=True, dynamic=False)
+    compile_config._compile_all_devices = True
+    vision_calls = []
+    model.vision_tower.embeddings.register_forward_hook(lambda *a: vision_calls.append(1))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    for _ in range(2):
+        out = _generate(model, batch, cache_implementation="static", compile_config=compile_config)
+        assert torch.equal(out, expected)
+    assert len(vision_calls) == 2
+    assert hasattr(model, "_compiled_call")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert not torch._dynamo.utils.counters["graph_break"]
