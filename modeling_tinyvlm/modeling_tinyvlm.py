@@ -166,6 +166,34 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
     def set_decoder(self, decoder):
         self.language_model.set_decoder(decoder)
 
+    def enable_input_require_grads(self):
+        """Make the token embeddings' output require grad (checkpointing or adapters over a frozen LLM
+        need it for gradients to reach the trainable parts), and the vision embeddings' output only
+        while some vision-tower parameter trains. transformers 5.x hooks every sub-model's embeddings,
+        so a frozen SigLIP would be checkpointed, recomputed and back-propagated for nothing."""
+
+        def text_hook(module, args, output):
+            output.requires_grad_(True)
+
+        def vision_hook(module, args, output):
+            # Checked per call: the training phases freeze and unfreeze after this hook is set.
+            if any(p.requires_grad for p in self.vision_tower.parameters()):
+                output.requires_grad_(True)
+
+        self.disable_input_require_grads()
+        self._require_grads_hooks = [
+            self.get_input_embeddings().register_forward_hook(text_hook),
+            self.vision_tower.embeddings.register_forward_hook(vision_hook),
+        ]
+        self._require_grads_hook = self._require_grads_hooks[0]  # the name 4.x and PEFT remove
+
+    def disable_input_require_grads(self):
+        for hook in getattr(self, "_require_grads_hooks", []):
+            hook.remove()
+        self._require_grads_hooks = []
+        if hasattr(self, "_require_grads_hook"):
+            del self._require_grads_hook
+
     def _check_pixel_values(self, pixel_values: torch.Tensor) -> None:
         vision = self.config.vision_config
         expected = (vision.num_channels, vision.image_size, vision.image_size)
@@ -179,9 +207,13 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         """Projected image features `(num_images, image_seq_length, text_hidden)`."""
         self._check_pixel_values(pixel_values)
         tower = self.vision_tower
-        hidden_states = tower.embeddings(pixel_values)  # (num_images, num_patches, vision_hidden)
-        for layer in tower.encoder.layers[: self.config.num_vision_layers_used]:
-            hidden_states = layer(hidden_states, None)
+        # A frozen tower fed plain pixels cannot produce anything that needs grad, so autograd (and
+        # gradient checkpointing, which would still wrap its layers) is switched off there.
+        needs_grad = pixel_values.requires_grad or any(p.requires_grad for p in tower.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and needs_grad):
+            hidden_states = tower.embeddings(pixel_values)  # (num_images, num_patches, vision_hidden)
+            for layer in tower.encoder.layers[: self.config.num_vision_layers_used]:
+                hidden_states = layer(hidden_states, None)
         return self.multi_modal_projector(hidden_states)  # (num_images, image_seq_length, text_hidden)
 
     def _image_token_mask(self, input_ids, inputs_embeds) -> torch.Tensor:

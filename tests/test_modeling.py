@@ -191,6 +191,45 @@ def test_gradient_checkpointing_matches_plain_backward(tiny):
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("vision_trains", [False, True])
+def test_checkpointing_back_propagates_the_vision_tower_only_when_it_trains(tiny, reentrant, vision_trains):
+    """Frozen LLM (as under adapters): the token-embedding hook lets gradients reach the projector and
+    any trainable vision layer; a frozen tower runs without autograd (5.x's stock hook would make
+    SigLIP's patch embeddings require grad and so checkpoint and back-propagate the whole tower)."""
+    _, processor = tiny
+    batch = _inputs(processor, [("What colour?", 1)], [solid_image()])
+    grads, vision_out_grad = [], []
+    for checkpointing in (False, True):
+        model, _ = build_preset_model("tiny", seed=0)
+        model.train()
+        model.language_model.requires_grad_(False)
+        model.vision_tower.requires_grad_(False)
+        if vision_trains:  # a layer past the embeddings: reentrant checkpointing needs the hook there
+            model.vision_tower.encoder.layers[0].requires_grad_(True)
+        if checkpointing:
+            if hasattr(model, "activation_checkpointing_enable"):  # 5.x name
+                model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": reentrant}
+                )
+            else:
+                model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": reentrant}
+                )
+        layer = model.vision_tower.encoder.layers[0]
+        hook = layer.register_forward_hook(lambda m, args, out: vision_out_grad.append(out.requires_grad))
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        hook.remove()
+        trained = [model.multi_modal_projector.linear_1.weight]
+        if vision_trains:
+            trained.append(layer.mlp.fc1.weight)
+        assert all(p.grad is not None for p in trained)
+        grads.append([p.grad.clone() for p in trained])
+    assert vision_out_grad == [vision_trains] * len(vision_out_grad)
+    for plain, checkpointed in zip(*grads):
+        torch.testing.assert_close(plain, checkpointed)
+
+
 def test_save_and_load_round_trip(tiny, tmp_path):
     model, processor = tiny
     model.save_pretrained(tmp_path)

@@ -29,9 +29,9 @@ under it actually keep alive. The assumptions, each checked against the code it 
   holds more than one, and with a padding mask transformers repeats K/V to every head before SDPA.
   Each row holds one image; its `image_seq_length` tokens are part of `--seq_len`.
 - Gradient checkpointing (non-reentrant, as `tinyvlm train` sets it) keeps each layer's input and
-  recomputes one layer at a time. transformers' `activation_checkpointing_enable` also makes the
-  vision tower's patch-embedding output require grad, so with checkpointing the frozen SigLIP
-  layers are checkpointed and back-propagated too: their inputs are saved.
+  recomputes one layer at a time.
+- The frozen vision tower runs without autograd and saves nothing; the projector's input is its
+  only trace.
 - Loss: transformers upcasts the logits to fp32; the log-probabilities are saved, and the first
   backward step holds three fp32 batch x seq x vocab buffers at once.
 - Peak = weights + optimizer states + max(saved activations + loss buffers, gradients + one layer's
@@ -289,14 +289,6 @@ def llm_layer_saved(shape: ModelShape, plan: Plan) -> float:
     return norms + attention + mlp + lora
 
 
-def vision_saved(shape: ModelShape, plan: Plan) -> float:
-    """Frozen SigLIP: nothing without checkpointing; with it, each used layer's checkpointed input."""
-    if not plan.gradient_checkpointing:
-        return 0.0
-    patches = plan.batch_size * shape.image_seq_length
-    return shape.vision_layers_used * _weight_bytes(plan) * patches * shape.vision_hidden
-
-
 def projector_saved(shape: ModelShape, plan: Plan) -> float:
     """linear_1's input, GELU's input, linear_2's input (the projector trains in every phase)."""
     patches = plan.batch_size * shape.image_seq_length
@@ -333,7 +325,6 @@ def activations(shape: ModelShape, plan: Plan) -> dict:
         llm = shape.layers * per_layer
     return {
         "language model layers": llm,
-        "vision tower": vision_saved(shape, plan),
         "projector": projector_saved(shape, plan),
         "final norm, loss inputs": other_saved(shape, plan),
     }
