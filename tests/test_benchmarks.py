@@ -73,6 +73,35 @@ def test_plan_memory_check_runs_one_tiny_case(tmp_path, capsys):
     assert "planned / measured" in capsys.readouterr().out
 
 
+def test_gpu_script_rehearses_every_check_on_cpu(tmp_path):
+    """benchmarks/gpu.py is for a device session: its CPU rehearsal runs each check's code path (the
+    Trainer's LoRA preparation and checkpointing, the VQA eval's generate) so none fails there first.
+    Static cache + compile is left to test_modeling (same transformers path, 20 s of compiling)."""
+    out = tmp_path / "gpu.json"
+    argv = [sys.executable, os.path.join(BENCHMARKS, "gpu.py"), "--device", "cpu", "--quick"]
+    proc = subprocess.run(
+        [*argv, "--skip_compile", "--json", str(out)], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    checks = json.loads(out.read_text())["checks"]
+    assert set(checks) == {"flash_tiny", "decode_batch1", "prefill", "phase4_batch", "phase3_memory"}
+    assert not [name for name, check in checks.items() if "error" in check]
+    assert checks["flash_tiny"]["skipped"] == "flash_attention_2 needs CUDA"
+    assert set(checks["decode_batch1"]["tokens_per_s"]) == {"eager", "sdpa"}
+    assert checks["phase4_batch"]["questions_per_s"] > 0
+    assert checks["phase3_memory"]["planned_peak_gib"] > 0
+    assert "failed checks: none" in proc.stdout
+
+
+def test_gpu_script_refuses_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCHMARKS, "gpu.py")], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode != 0 and "needs a CUDA device" in proc.stderr
+
+
 @pytest.mark.slow
 def test_inference_real_preset_outputs_identical(tmp_path):
     """The real-size check the quick path cannot make: fp32 logits within 1e-5 at 1.5B parameters."""
