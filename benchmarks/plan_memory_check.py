@@ -54,6 +54,14 @@ CASES = {
         "gradient_checkpointing": True,
     },
     "projector-fp32-b2": {"phase": "projector", "precision": "fp32", "batch_size": 2, "seq_len": "+256"},
+    # the stock loss (logits at every position) next to tinyvlm train's labelled-positions-only loss
+    "lora-fp32-full-logits": {
+        "phase": "lora",
+        "precision": "fp32",
+        "batch_size": 1,
+        "seq_len": "+256",
+        "labelled_logits_only": False,
+    },
 }
 
 
@@ -88,7 +96,10 @@ def make_plan(case: dict, image_seq_length: int):
     fields = dict(case)
     if isinstance(fields["seq_len"], str):
         fields["seq_len"] = image_seq_length + int(fields["seq_len"])
-    return Plan(device="cpu", **fields)
+    b, s = fields["batch_size"], fields["seq_len"]
+    # make_batch labels the text after the image, less the padded row's last 8 tokens.
+    labelled = b * (s - 1 - image_seq_length) - (8 if b > 1 else 0)
+    return Plan(device="cpu", labelled_fraction=labelled / (b * (s - 1)), **fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +131,11 @@ def prepare_training(model, plan, tmp_dir: str):
     from transformers import Trainer, TrainingArguments
 
     model_args = ModelArguments(
-        model_name_or_path=tmp_dir, phase=plan.phase, lora_r=plan.lora_r, lora_o_proj=plan.lora_o_proj
+        model_name_or_path=tmp_dir,
+        phase=plan.phase,
+        lora_r=plan.lora_r,
+        lora_o_proj=plan.lora_o_proj,
+        labelled_logits_only=plan.labelled_logits_only,
     )
     training_args = TrainingArguments(output_dir=tmp_dir, use_cpu=True, report_to=[])
     model = prepare_model(model, model_args, training_args)

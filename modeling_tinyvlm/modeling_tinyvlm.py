@@ -20,6 +20,11 @@ Design choices:
 - transformers 5.24 renamed the cache argument `past_key_values` -> `cache`. We accept both and pass
   the one the installed language model takes (dropping it would silently disable the KV cache).
 - Nothing is frozen here; the training phases decide (projector warm-up freezes tower and LLM).
+- `labelled_logits_only` (off by default, `tinyvlm train` turns it on): in training mode with labels,
+  lm_head and the loss run only at positions that have a label. LLaVA data labels the answers alone,
+  and at 2048 tokens x 32k vocabulary the full fp32 logits, log-probabilities and their gradients are
+  the largest tensors of a LoRA step. The loss is the same; `logits` is then None (as with Liger's
+  fused loss); evaluation (eval mode) gets full logits.
 """
 
 import inspect
@@ -40,6 +45,11 @@ except ImportError:  # 4.x
     from torch.nn import init
 
 logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+# Language models whose causal-LM head is exactly lm_head(hidden) (no logit scaling or soft-capping),
+# so that the labelled-positions loss equals theirs.
+LABELLED_LOGITS_MODEL_TYPES = {"llama"}
 
 
 @dataclass
@@ -146,6 +156,7 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         self.multi_modal_projector = TinyVLMMultiModalProjector(config)
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self._cache_kwarg = _cache_kwarg_name(self.language_model)
+        self.labelled_logits_only = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -282,6 +293,16 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
                 "but no pixel_values were given"
             )
 
+        if labels is not None and self.training and self.labelled_logits_only:
+            if self.config.text_config.model_type not in LABELLED_LOGITS_MODEL_TYPES:
+                raise ValueError(
+                    f"labelled_logits_only supports language models of type {sorted(LABELLED_LOGITS_MODEL_TYPES)}, "
+                    f"not {self.config.text_config.model_type!r}: set model.labelled_logits_only = False"
+                )
+            loss = self._labelled_loss(inputs_embeds, attention_mask, position_ids, labels, use_cache, kwargs)
+            output = TinyVLMCausalLMOutputWithPast(loss=loss, image_hidden_states=image_features)
+            return output.to_tuple() if return_dict is False else output
+
         outputs = self.language_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -295,6 +316,31 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         )
         output = TinyVLMCausalLMOutputWithPast(**outputs, image_hidden_states=image_features)
         return output.to_tuple() if return_dict is False else output
+
+    def _labelled_loss(self, inputs_embeds, attention_mask, position_ids, labels, use_cache, kwargs):
+        """The causal-LM loss from lm_head at labelled positions only: the same value and gradients as
+        the language model's own loss (shifted labels, fp32 cross-entropy, mean over labelled tokens
+        or sum / `num_items_in_batch` when the Trainer passes it)."""
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        shift_labels = kwargs.pop("shift_labels", None)
+        hidden = self.language_model.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            **kwargs,
+        ).last_hidden_state  # (batch, seq, text_hidden)
+        if shift_labels is None:  # position t predicts the label of t + 1
+            shift_labels = nn.functional.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+        shift_labels = shift_labels.to(hidden.device)
+        keep = shift_labels != IGNORE_INDEX  # (batch, seq)
+        logits = self.get_output_embeddings()(hidden[keep]).float()  # (labelled, vocab)
+        if num_items_in_batch is None:
+            return nn.functional.cross_entropy(logits, shift_labels[keep])
+        loss = nn.functional.cross_entropy(logits, shift_labels[keep], reduction="sum")
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss.device)
+        return loss / num_items_in_batch
 
     def prepare_inputs_for_generation(self, input_ids, pixel_values=None, **kwargs):
         cache_position = kwargs.get("cache_position")

@@ -70,3 +70,46 @@ def test_length_grouped_indices_is_a_permutation_with_homogeneous_batches():
     batches = [order[i : i + 8] for i in range(0, 80, 8)]
     assert all(len({lengths[i] for i in batch}) == 1 for batch in batches)
     assert order != length_grouped_indices(lengths, batch_size=8, seed=2, mega_batch_mult=10)
+
+
+def _loss_and_grads(batch, labelled: bool, extra: dict):
+    model, _ = build_preset_model("tiny", seed=0)
+    model.train()
+    model.labelled_logits_only = labelled
+    out = model(**batch, **extra)
+    out.loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("num_items_in_batch", [None, 11])
+def test_labelled_logits_only_gives_the_same_loss_and_gradients(packed, num_items_in_batch):
+    _, processor = build_preset_model("tiny", seed=0)
+    items = _items(processor)
+    if packed:
+        batch = DataCollatorForVLMPadFree()(items)
+    else:
+        batch = DataCollatorForVLM(pad_token_id=processor.tokenizer.pad_token_id)(items)
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert 0 < labelled < batch["labels"].numel() / 3  # mostly prompt and image: the case it is for
+    extra = {} if num_items_in_batch is None else {"num_items_in_batch": torch.tensor(num_items_in_batch)}
+    full, full_grads = _loss_and_grads(batch, False, extra)
+    ours, our_grads = _loss_and_grads(batch, True, extra)
+    assert full.logits.shape[:2] == batch["input_ids"].shape and ours.logits is None
+    torch.testing.assert_close(ours.loss, full.loss, rtol=1e-6, atol=1e-6)
+    assert set(our_grads) == set(full_grads)
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_labelled_logits_only_leaves_eval_alone_and_refuses_other_heads():
+    model, processor = build_preset_model("tiny", seed=0)
+    model.labelled_logits_only = True
+    batch = DataCollatorForVLM(pad_token_id=processor.tokenizer.pad_token_id)(_items(processor))
+    with torch.no_grad():
+        out = model.eval()(**batch)
+    assert out.logits.shape[:2] == batch["input_ids"].shape and out.loss is not None
+    model.config.text_config.model_type = "gemma2"  # soft-capped logits: not lm_head(hidden) alone
+    with pytest.raises(ValueError, match="not 'gemma2'"):
+        model.train()(**batch)

@@ -90,20 +90,25 @@ def _saved_bytes(model, batch) -> int:
 
 
 @pytest.mark.parametrize(
-    "phase, dtype, checkpointing, batch_size",
+    "phase, dtype, checkpointing, batch_size, labelled_only",
     [
-        ("projector", torch.float32, False, 1),
-        ("lora", torch.float32, False, 2),
-        ("lora", torch.bfloat16, False, 1),
-        ("lora", torch.bfloat16, True, 2),
-        ("full", torch.float32, True, 1),
-        ("full", torch.bfloat16, False, 2),
+        ("projector", torch.float32, False, 1, True),
+        ("lora", torch.float32, False, 2, True),
+        ("lora", torch.float32, False, 2, False),
+        ("lora", torch.bfloat16, False, 1, True),
+        ("lora", torch.bfloat16, True, 2, True),
+        ("full", torch.float32, True, 1, True),
+        ("full", torch.bfloat16, False, 2, True),
+        ("full", torch.bfloat16, False, 2, False),
     ],
 )
-def test_saved_activations_equal_what_autograd_saves(phase, dtype, checkpointing, batch_size):
+def test_saved_activations_equal_what_autograd_saves(phase, dtype, checkpointing, batch_size, labelled_only):
     """The activation formulas, term by term, against a real forward pass: K/V repeated under a padding
-    mask, the per-layer float mask, RMSNorm's fp32 copies and PEFT's fp32 dropout path all count."""
+    mask, the per-layer float mask, RMSNorm's fp32 copies, PEFT's fp32 dropout path and the logits at
+    labelled positions only (or at all of them) all count."""
     config, model = _prepared(phase, dtype)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.labelled_logits_only = labelled_only
     if checkpointing:  # as the Trainer does it
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -113,9 +118,12 @@ def test_saved_activations_equal_what_autograd_saves(phase, dtype, checkpointing
     mask = torch.ones_like(ids)
     if batch_size > 1:  # a padded row: transformers then builds a mask
         mask[-1, -3:] = 0
+    labels = ids.clone()
+    labels[:, : 1 + p + 4] = -100  # the prompt: image and question
+    labelled = int((labels[:, 1:] != -100).sum())
     pixels = torch.randn(batch_size, 3, 32, 32, dtype=dtype)
     measured = _saved_bytes(
-        model, {"input_ids": ids, "attention_mask": mask, "labels": ids, "pixel_values": pixels}
+        model, {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
     )
     plan = pm.Plan(
         phase=phase,
@@ -124,6 +132,8 @@ def test_saved_activations_equal_what_autograd_saves(phase, dtype, checkpointing
         precision="bf16" if dtype == torch.bfloat16 else "fp32",
         gradient_checkpointing=checkpointing,
         device="cpu",
+        labelled_logits_only=labelled_only,
+        labelled_fraction=labelled / (batch_size * (seq_len - 1)),
     )
     shape = pm.model_shape(config)
     planned = sum(pm.activations(shape, plan).values())

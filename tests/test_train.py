@@ -227,6 +227,35 @@ def test_lora_phase_writes_a_safetensors_adapter_that_loads_on_its_base(tiny_fol
     assert model.base_model.model.multi_modal_projector.modules_to_save  # the trained copy is in use
 
 
+def test_labelled_logits_only_trains_like_full_logits(tiny_folder, data, tmp_path):
+    """The Trainer's path (num_items_in_batch, gradient checkpointing, PEFT): the same losses and
+    adapter as full-vocabulary logits at every position, and the choice is recorded."""
+    runs = {}
+    for labelled in ("True", "False"):
+        output = tmp_path / f"labelled-{labelled}"
+        argv = train_argv(tiny_folder, data, output, "lora", "--max_steps", "3", "--lora_r", "4")
+        argv += [
+            "--lora_dropout",
+            "0",
+            "--gradient_checkpointing",
+            "True",
+            "--labelled_logits_only",
+            labelled,
+        ]
+        assert main(argv) == 0
+        runs[labelled] = (json.loads((output / TRAINING_RECORD).read_text()), output)
+    (ours, ours_dir), (full, full_dir) = runs["True"], runs["False"]
+    assert ours["labelled_logits_only"] is True and full["labelled_logits_only"] is False
+    assert ours["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)
+    a, b = (
+        load_file(ours_dir / "adapter_model.safetensors"),
+        load_file(full_dir / "adapter_model.safetensors"),
+    )
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
 def test_qlora_keeps_vision_tower_and_projector_unquantised_and_trains_with_checkpointing(
     tiny_folder, data, tmp_path
 ):

@@ -33,7 +33,10 @@ under it actually keep alive. The assumptions, each checked against the code it 
 - The frozen vision tower runs without autograd and saves nothing; the projector's input is its
   only trace.
 - Loss: transformers upcasts the logits to fp32; the log-probabilities are saved, and the first
-  backward step holds three fp32 batch x seq x vocab buffers at once.
+  backward step holds three fp32 batch x seq x vocab buffers at once. `tinyvlm train` computes them
+  at labelled positions only (`--labelled_logits_only`, on by default): `--labelled_fraction` of the
+  batch x (seq - 1) next-token positions, 1.0 (the upper bound) unless you know your data's share of
+  answer tokens; `--full_logits` plans the stock every-position loss.
 - Peak = weights + optimizer states + max(saved activations + loss buffers, gradients + one layer's
   backward) + overhead (CUDA context, cuBLAS workspace, allocator fragmentation: 0.5 GiB + 5 %; none
   on CPU, where `benchmarks/plan_memory_check.py` subtracts the process baseline).
@@ -104,6 +107,8 @@ class Plan:
     lora_o_proj: bool = False
     optimizer: str = "adamw"
     device: str = "cuda"
+    labelled_logits_only: bool = True
+    labelled_fraction: float = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,6 +203,8 @@ def check_plan(plan: Plan, shape: ModelShape) -> None:
             f"seq_len {plan.seq_len} leaves no text: each row holds one image of {shape.image_seq_length} "
             "tokens, and seq_len counts them"
         )
+    if not 0 < plan.labelled_fraction <= 1:
+        raise ValueError(f"labelled_fraction must be in (0, 1], got {plan.labelled_fraction}")
     if plan.phase == "inference" and plan.gradient_checkpointing:
         raise ValueError("--gradient_checkpointing applies to training phases, not --phase inference")
 
@@ -304,15 +311,23 @@ def shared_layer_inputs(shape: ModelShape, plan: Plan) -> float:
     return rotary + (plan.batch_size * plan.seq_len**2 if padded else 0)
 
 
+def logit_positions(plan: Plan) -> int:
+    """Rows of the logits: every position, or with labelled_logits_only the labelled next-token ones."""
+    if not plan.labelled_logits_only:
+        return plan.batch_size * plan.seq_len
+    return round(plan.labelled_fraction * plan.batch_size * (plan.seq_len - 1))
+
+
 def other_saved(shape: ModelShape, plan: Plan) -> float:
     """Final norm, labels, the image-token mask, the fp32 log-probabilities, shared layer inputs."""
-    a, tokens = activation_bytes(plan), plan.batch_size * plan.seq_len
+    a, tokens, logits = activation_bytes(plan), plan.batch_size * plan.seq_len, logit_positions(plan)
     final_norm = 4 * tokens * shape.hidden + 4 * tokens
     if plan.phase == "full":  # trainable norm weight and lm_head: their inputs too
-        final_norm += 2 * a * tokens * shape.hidden + 8 * tokens  # + input_ids for the embedding grad
-    labels_and_image_mask = 8 * tokens + tokens
-    log_probs = 4 * tokens * shape.vocab
-    return final_norm + labels_and_image_mask + log_probs + shared_layer_inputs(shape, plan)
+        final_norm += a * (tokens + logits) * shape.hidden + 8 * tokens  # + input_ids for the embedding grad
+    labelled_mask = tokens if plan.labelled_logits_only else 0
+    labels_and_masks = 8 * logits + tokens + labelled_mask  # targets, image-token mask, labelled mask
+    log_probs = 4 * logits * shape.vocab
+    return final_norm + labels_and_masks + log_probs + shared_layer_inputs(shape, plan)
 
 
 def activations(shape: ModelShape, plan: Plan) -> dict:
@@ -354,7 +369,6 @@ def inference_working(shape: ModelShape, plan: Plan) -> dict:
 def estimate(shape: ModelShape, plan: Plan) -> dict:
     """All parts in bytes and the peak: weights + optimizer + max(activation phase, gradient phase)."""
     check_plan(plan, shape)
-    tokens = plan.batch_size * plan.seq_len
     weight_parts = weights(shape, plan)
     tensors = trainable_tensors(shape, plan)
     parts = {"weights": sum(weight_parts.values())}
@@ -366,7 +380,7 @@ def estimate(shape: ModelShape, plan: Plan) -> dict:
         saved = activations(shape, plan)
         grads = sum(n * b for n, b in tensors)
         # First backward step: fp32 grads of the log-probs and of the logits next to the saved ones.
-        loss_buffers = 8 * tokens * shape.vocab
+        loss_buffers = 8 * logit_positions(plan) * shape.vocab
         checkpoints = saved["language model layers"] if plan.gradient_checkpointing else 0
         late = grads + checkpoints + layer_backward(shape, plan)
         dynamic = max(sum(saved.values()) + loss_buffers, late)
@@ -412,6 +426,10 @@ def format_report(result: dict) -> str:
     if plan["phase"] != "inference":
         setup += ", gradient checkpointing" if plan["gradient_checkpointing"] else ", no checkpointing"
         setup += f", {plan['optimizer']}"
+        if plan["labelled_logits_only"]:
+            setup += f", logits at labelled positions only (fraction {plan['labelled_fraction']:.2f})"
+        else:
+            setup += ", logits at every position"
     if plan["phase"] == "lora":
         setup += f", LoRA r={plan['lora_r']} on q_proj,v_proj" + (",o_proj" if plan["lora_o_proj"] else "")
     lines = [
@@ -500,6 +518,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--device", choices=DEVICES, default="cuda", help="cpu: no CUDA context, float dropout masks"
     )
+    parser.add_argument(
+        "--labelled_fraction",
+        type=float,
+        default=1.0,
+        help="share of next-token positions with a label (answers); tinyvlm train computes logits only "
+        "there. 1.0 (default) is the upper bound",
+    )
+    parser.add_argument(
+        "--full_logits",
+        action="store_true",
+        help="logits at every position (tinyvlm train --labelled_logits_only False, or a stock loss)",
+    )
     parser.add_argument("--json", help="also write the estimate here")
     return parser
 
@@ -520,6 +550,8 @@ def main(argv: list[str]) -> int:
         lora_o_proj=args.lora_o_proj,
         optimizer=args.optimizer,
         device=args.device,
+        labelled_logits_only=not args.full_logits,
+        labelled_fraction=args.labelled_fraction,
     )
     result = estimate(shape, plan)
     print(format_report(result))

@@ -25,9 +25,11 @@ Design choices:
   finetune_lora.sh and TinyLLaVA's LoRA scripts), so their tuned learning rate 2e-4 carries over
   unchanged (it was tuned for alpha/r = 2). On TinyLlama with q_proj+v_proj that is ~18M trainable
   parameters, 1.6 % of the LLM.
-- Gradient checkpointing uses `use_reentrant=False`: with a frozen base the reentrant variant fails
-  with "element 0 of tensors does not require grad" unless input grads are forced, which would also
-  hook SigLIP's patch embedding and build a graph through the frozen tower for nothing.
+- Gradient checkpointing uses `use_reentrant=False`, transformers' recommendation. The model's own
+  input-grad hook makes the token embeddings require grad (a frozen base needs it) and leaves a frozen
+  vision tower out of autograd.
+- `--labelled_logits_only` (on): lm_head and the loss run at answer positions only, the same loss
+  without the batch x seq x vocab fp32 logits, the largest tensors of a LoRA step on LLaVA data.
 - The final output is written to a temporary folder and moved in; `tinyvlm_training.json` (phase,
   data counts, LoRA settings, learning rate, batch sizes; read by the model card) is written last,
   so its presence marks a complete output.
@@ -107,6 +109,13 @@ class ModelArguments:
     )
     attn_implementation: str | None = field(
         default=None, metadata={"help": "eager, sdpa or flash_attention_2 (both sub-models)."}
+    )
+    labelled_logits_only: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute lm_head and the loss only where labels are set (the answers): the same loss "
+            "without full-vocabulary logits for every prompt and image token."
+        },
     )
 
 
@@ -315,6 +324,7 @@ def lora_config(model_args: ModelArguments):
 
 def prepare_model(model, model_args: ModelArguments, training_args: TrainingArguments):
     """Freeze and wrap the model for the phase; returns the model to train."""
+    model.labelled_logits_only = model_args.labelled_logits_only  # read in training mode only
     if model_args.phase == "projector":
         model.requires_grad_(False)
         model.multi_modal_projector.requires_grad_(True)
@@ -399,6 +409,7 @@ def training_record(model_args, data_args, training_args, dataset, train_result)
         * world_size,
         "model_max_length": data_args.model_max_length,
         "padding_free": data_args.padding_free,
+        "labelled_logits_only": model_args.labelled_logits_only,
         "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
         "gradient_checkpointing": bool(training_args.gradient_checkpointing),
         "seed": training_args.seed,
