@@ -225,7 +225,8 @@ def test_checkpointing_back_propagates_the_vision_tower_only_when_it_trains(tiny
             trained.append(layer.mlp.fc1.weight)
         assert all(p.grad is not None for p in trained)
         grads.append([p.grad.clone() for p in trained])
-    assert vision_out_grad == [vision_trains] * len(vision_out_grad)
+    # (reentrant checkpointing runs the first forward under no_grad: only the recomputation has grad)
+    assert any(vision_out_grad) == vision_trains
     for plain, checkpointed in zip(*grads):
         torch.testing.assert_close(plain, checkpointed)
 
