@@ -18,9 +18,9 @@ under it actually keep alive. The assumptions, each checked against the code it 
   PEFT creates adapter weights in fp32 whatever the model dtype (`autocast_adapter_dtype`).
 - `--bits 4|8` (QLoRA): bitsandbytes quantises the LLM's decoder linears (NF4 with double
   quantisation: 0.5 byte + block scales per weight; int8: 1 byte + a fp32 scale per row); the
-  vision tower, projector, embeddings and lm_head stay unquantised, and PEFT's
-  `prepare_model_for_kbit_training` casts every unquantised parameter to fp32, so the activations
-  are fp32 too.
+  vision tower, projector, embeddings and lm_head stay unquantised in the folder's dtype
+  (`tinyvlm train` does not take PEFT's `prepare_model_for_kbit_training`, which would cast them and
+  so every activation to fp32).
 - Optimizer: the Trainer's default `adamw_torch_fused`: two states per trainable parameter in its
   dtype, no temporaries. `adamw_8bit` (`--optim adamw_bnb_8bit`): two 1-byte states plus a fp32
   scale per 256, fp32 states for tensors under 4096 elements.
@@ -213,12 +213,12 @@ def check_plan(plan: Plan, shape: ModelShape) -> None:
 # Weights, gradients, optimizer states
 # ---------------------------------------------------------------------------------------------
 def _weight_bytes(plan: Plan) -> int:
-    """Bytes per unquantised weight: kbit preparation casts them all to fp32."""
-    return 4 if plan.bits else PRECISIONS[plan.precision]
+    """Bytes per unquantised weight (QLoRA too: the parts bitsandbytes skips keep the dtype)."""
+    return PRECISIONS[plan.precision]
 
 
 def activation_bytes(plan: Plan) -> int:
-    return 4 if plan.bits else PRECISIONS[plan.precision]
+    return PRECISIONS[plan.precision]
 
 
 def lora_shapes(shape: ModelShape, plan: Plan) -> list:

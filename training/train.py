@@ -322,6 +322,26 @@ def lora_config(model_args: ModelArguments):
     )
 
 
+def prepare_kbit_model(model, training_args: TrainingArguments):
+    """Freeze a bitsandbytes-quantised model for QLoRA, its unquantised parts left in their dtype.
+
+    PEFT's `prepare_model_for_kbit_training` casts every unquantised weight to fp32 (the vision tower,
+    projector, embeddings, norms and lm_head, 1.9 GB more for so400m + TinyLlama) and with them every
+    activation, which at 8 x 2048 cancels most of what 4-bit weights save. LLaVA's QLoRA script casts
+    most of it back to bf16; Llama's RMSNorm computes in fp32 whatever its weight's dtype. An fp16
+    folder keeps PEFT's preparation: the Trainer's fp16 grad scaler needs fp32 trainable weights."""
+    if any(p.dtype == torch.float16 for p in model.parameters()):
+        from peft import prepare_model_for_kbit_training
+
+        return prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=bool(training_args.gradient_checkpointing),
+            gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
+        )
+    model.requires_grad_(False)  # the Trainer enables checkpointing from the training arguments
+    return model
+
+
 def prepare_model(model, model_args: ModelArguments, training_args: TrainingArguments):
     """Freeze and wrap the model for the phase; returns the model to train."""
     model.labelled_logits_only = model_args.labelled_logits_only  # read in training mode only
@@ -333,15 +353,10 @@ def prepare_model(model, model_args: ModelArguments, training_args: TrainingArgu
         if model_args.freeze_vision_tower:
             model.vision_tower.requires_grad_(False)
     else:
-        from peft import get_peft_model, prepare_model_for_kbit_training
+        from peft import get_peft_model
 
         if model_args.bits in (4, 8):
-            # Casts the unquantised parts to fp32 and enables checkpointing the non-reentrant way.
-            model = prepare_model_for_kbit_training(
-                model,
-                use_gradient_checkpointing=bool(training_args.gradient_checkpointing),
-                gradient_checkpointing_kwargs=training_args.gradient_checkpointing_kwargs,
-            )
+            model = prepare_kbit_model(model, training_args)
         model = get_peft_model(model, lora_config(model_args))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
