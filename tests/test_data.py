@@ -268,3 +268,38 @@ def test_missing_data_file_raises_file_not_found(tiny, tmp_path):
     (tmp_path / "obj.json").write_text("{}")
     with pytest.raises(ValueError, match="JSON list"):
         open_rows(str(tmp_path / "obj.json"))
+
+
+def test_iteration_stops_at_the_end(tiny, folder):
+    """`for item in dataset` (transformers' LengthGroupedSampler does this) must end."""
+    _, processor = tiny
+    dataset = SupervisedDataset(
+        open_rows(write_json(folder, [row(0), row(1, "blue")])), processor, str(folder)
+    )
+    assert len(list(dataset)) == 2 and dataset[-1]["labels"] == dataset[1]["labels"]
+    with pytest.raises(IndexError, match="item 2 of a dataset of 2"):
+        dataset[2]
+
+
+def test_estimated_lengths_are_close_and_decode_no_image(tiny, folder, monkeypatch):
+    from tinyvlm.training import data
+
+    _, processor = tiny
+    long_turns = [
+        {"from": "human", "value": "<image>\nDescribe the picture in detail, please."},
+        {"from": "gpt", "value": "A red square fills the whole frame; there is nothing else in it. " * 6},
+        {"from": "human", "value": "And the border?"},
+        {"from": "gpt", "value": "None."},
+    ]
+    rows = [row(0), row(1, image="b.png", turns=long_turns), row(2, image=None, question="Hi?")]
+    dataset = SupervisedDataset(open_rows(write_json(folder, rows)), processor, str(folder))
+    exact = [len(item["input_ids"]) for item in dataset]
+
+    def no_images(*args):
+        raise AssertionError("estimated_lengths decoded an image")
+
+    monkeypatch.setattr(data, "load_image", no_images)
+    estimated = dataset.estimated_lengths(chunk=2)
+    assert len(estimated) == 3 and estimated.index(max(estimated)) == exact.index(max(exact))
+    for guess, true in zip(estimated, exact):
+        assert abs(guess - true) <= 0.1 * true + 4, (estimated, exact)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -254,6 +255,27 @@ def test_labelled_logits_only_trains_like_full_logits(tiny_folder, data, tmp_pat
     assert set(a) == set(b)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_length_grouped_sampling_decodes_only_the_images_it_trains_on(
+    tiny_folder, data, tmp_path, monkeypatch
+):
+    """The Trainer's length grouping reads the estimated-length column of a length index instead of
+    building (and decoding) every row, and the rows it samples are built in the collator."""
+    from tinyvlm.training import data as data_module
+    from transformers import TrainingArguments
+
+    opened = []
+    load_image = data_module.load_image
+    monkeypatch.setattr(data_module, "load_image", lambda *a: opened.append(a) or load_image(*a))
+    if "train_sampling_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}:
+        flag = ["--train_sampling_strategy", "group_by_length"]  # 5.x
+    else:
+        flag = ["--group_by_length", "True"]
+    argv = train_argv(tiny_folder, data, tmp_path / "grouped", "lora", "--max_steps", "1", "--lora_r", "4")
+    assert main([*argv, *flag]) == 0
+    assert 0 < len(opened) <= 8  # accelerate builds one batch of 4 ahead; 24 rows have images
+    assert (tmp_path / "grouped" / "adapter_model.safetensors").is_file()
 
 
 def test_qlora_keeps_vision_tower_and_projector_unquantised_and_trains_with_checkpointing(

@@ -55,7 +55,7 @@ from transformers.utils import logging
 
 from ..conversion.utils import atomic_write_text
 from ..modeling_tinyvlm import TinyVLMForConditionalGeneration, TinyVLMProcessor
-from .data import DataCollatorForVLM, SupervisedDataset, open_rows
+from .data import DataCollatorForVLM, RowBuildingCollator, SupervisedDataset, length_index, open_rows
 
 logger = logging.get_logger(__name__)
 
@@ -388,6 +388,14 @@ def build_train_dataset(data_args: DataArguments, processor, phase: str) -> Supe
     return dataset
 
 
+def uses_length_sampler(training_args: TrainingArguments) -> bool:
+    """--train_sampling_strategy group_by_length|batch_rebalance (5.x) or --group_by_length (4.x)."""
+    strategy = getattr(training_args, "train_sampling_strategy", None)
+    return strategy in ("group_by_length", "batch_rebalance") or bool(
+        getattr(training_args, "group_by_length", False)
+    )
+
+
 def training_record(model_args, data_args, training_args, dataset, train_result) -> dict:
     """What the model card and a later reader need to know about this run."""
     world_size = training_args.world_size
@@ -495,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         collator = DataCollatorForVLMPadFree()
     else:
         collator = DataCollatorForVLM(pad_token_id=processor.tokenizer.pad_token_id)
+    train_dataset = dataset
+    if uses_length_sampler(training_args):
+        train_dataset = length_index(dataset, training_args.length_column_name)
+        collator = RowBuildingCollator(dataset, collator)
     if dataset.text_only_rows and training_args.ddp_find_unused_parameters is None:
         # A batch of text-only rows leaves the projector without a gradient; DDP must expect that.
         training_args.ddp_find_unused_parameters = True
@@ -503,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=dataset,
+        train_dataset=train_dataset,
         data_collator=collator,
         processing_class=processor,  # saved into every checkpoint
     )
