@@ -12,7 +12,8 @@
    evaluation's own `generate_answers` (target >= 100).
 4. Phase 3 peak memory at batch 8 x 2048, bf16, gradient checkpointing, set up by `tinyvlm train`'s
    own `prepare_model` (LoRA r=128 on q/v + projector), next to `tinyvlm plan-memory`'s estimate of
-   the same step (the migration plan says it fits a 16 GB GPU).
+   the same step (the migration plan says it fits a 16 GB GPU); again with the stock every-position
+   logits, and at phase3_lora.yaml's batch 16.
 
 Design choices:
 - Every check is fenced: a failure is recorded under its name with the error and the rest still run,
@@ -239,7 +240,7 @@ def check_phase4_throughput(settings: Settings, model, processor) -> dict:
     }
 
 
-def check_phase3_memory(settings: Settings) -> dict:
+def check_phase3_memory(settings: Settings, batch_size: int, labelled_logits_only: bool = True) -> dict:
     from tinyvlm.training import plan_memory as pm
     from tinyvlm.training.train import ModelArguments, prepare_model
     from transformers import TrainingArguments
@@ -247,7 +248,11 @@ def check_phase3_memory(settings: Settings) -> dict:
     model, _ = build(settings)
     config = model.config
     args = ModelArguments(
-        model_name_or_path="unused", phase="lora", lora_r=settings.lora_r, lora_alpha=2 * settings.lora_r
+        model_name_or_path="unused",
+        phase="lora",
+        lora_r=settings.lora_r,
+        lora_alpha=2 * settings.lora_r,
+        labelled_logits_only=labelled_logits_only,
     )
     training_args = TrainingArguments(
         output_dir="/tmp/tinyvlm-gpu-check",
@@ -263,12 +268,14 @@ def check_phase3_memory(settings: Settings) -> dict:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    b, seq = settings.train_batch, settings.train_seq
+    b, seq = batch_size, settings.train_seq
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, config.text_config.vocab_size - 3, (b, seq), generator=generator)
     ids[:, 1 : 1 + config.image_seq_length] = config.image_token_id
     labels = ids.clone()
-    labels[:, : 1 + config.image_seq_length] = -100
+    prompt = 1 + config.image_seq_length
+    labels[:, : prompt + 3 * (seq - prompt) // 4] = -100  # the answer: the last quarter of the text
+    labelled = int((labels[:, 1:] != -100).sum())
     size = config.vision_config.image_size
     batch = {
         "input_ids": ids.to(settings.device),
@@ -299,6 +306,8 @@ def check_phase3_memory(settings: Settings) -> dict:
         gradient_checkpointing=True,
         lora_r=settings.lora_r,
         device=settings.device.type,
+        labelled_logits_only=labelled_logits_only,
+        labelled_fraction=labelled / (b * (seq - 1)),
     )
     estimate = pm.estimate(pm.model_shape(config), plan)
     del model, optimizer, batch
@@ -307,6 +316,7 @@ def check_phase3_memory(settings: Settings) -> dict:
     result = {
         "batch": f"{b} x {seq}",
         "lora_r": settings.lora_r,
+        "labelled_fraction": round(labelled / (b * (seq - 1)), 3),
         "step_seconds_median": statistics.median(step_seconds),
         "tokens_per_s": b * seq / statistics.median(step_seconds),
         "planned_peak_gib": estimate["peak_bytes"] / GIB,
@@ -361,12 +371,13 @@ def summary(result: dict) -> list[str]:
     if "questions_per_s" in checks.get("phase4_batch", {}):
         phase4 = checks["phase4_batch"]
         lines.append(f"phase 4 questions/s at batch {phase4['batch_size']}: {phase4['questions_per_s']:.1f}")
-    memory = checks.get("phase3_memory", {})
-    if "peak_reserved_gib" in memory:
-        lines.append(
-            f"phase 3 peak at {memory['batch']}: {memory['peak_reserved_gib']:.2f} GiB reserved "
-            f"({memory['peak_allocated_gib']:.2f} allocated), plan-memory {memory['planned_peak_gib']:.2f} GiB"
-        )
+    for name in ("phase3_memory", "phase3_memory_full_logits", "phase3_memory_batch16"):
+        memory = checks.get(name, {})
+        if "peak_reserved_gib" in memory:
+            lines.append(
+                f"{name} at {memory['batch']}: {memory['peak_reserved_gib']:.2f} GiB reserved "
+                f"({memory['peak_allocated_gib']:.2f} allocated), plan-memory {memory['planned_peak_gib']:.2f} GiB"
+            )
     failed = [name for name, check in checks.items() if "error" in check]
     lines.append("failed checks: " + (", ".join(failed) if failed else "none"))
     return lines
@@ -408,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
     model = None  # free the inference model before the training step
     if settings.device.type == "cuda":
         torch.cuda.empty_cache()
-    run_check(result, "phase3_memory", lambda: check_phase3_memory(settings), args.json)
+    b = settings.train_batch
+    run_check(result, "phase3_memory", lambda: check_phase3_memory(settings, b), args.json)
+    run_check(result, "phase3_memory_full_logits", lambda: check_phase3_memory(settings, b, False), args.json)
+    # phase3_lora.yaml's batch
+    run_check(result, "phase3_memory_batch16", lambda: check_phase3_memory(settings, 2 * b), args.json)
     print("\n".join(summary(result)))
     return 1 if any("error" in check for check in result["checks"].values()) else 0
 

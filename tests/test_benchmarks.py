@@ -84,7 +84,15 @@ def test_gpu_script_rehearses_every_check_on_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     checks = json.loads(out.read_text())["checks"]
-    assert set(checks) == {"flash_tiny", "decode_batch1", "prefill", "phase4_batch", "phase3_memory"}
+    assert set(checks) == {
+        "flash_tiny",
+        "decode_batch1",
+        "prefill",
+        "phase4_batch",
+        "phase3_memory",
+        "phase3_memory_full_logits",
+        "phase3_memory_batch16",
+    }
     assert not [name for name, check in checks.items() if "error" in check]
     assert checks["flash_tiny"]["skipped"] == "flash_attention_2 needs CUDA"
     assert set(checks["decode_batch1"]["tokens_per_s"]) == {"eager", "sdpa"}
