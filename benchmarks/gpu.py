@@ -141,22 +141,26 @@ def check_flash(settings: Settings, model, processor) -> dict:
     }
 
 
-def decode_rate(settings: Settings, model, processor, impl: str, compile_static: bool = False) -> dict:
+def static_compile_kwargs(settings: Settings) -> dict:
+    """generate() kwargs for a static cache with a compiled decode step: CUDA graphs
+    ("reduce-overhead") on GPU; on CPU transformers compiles only when told to."""
     from transformers import CompileConfig
 
+    cuda = settings.device.type == "cuda"
+    compile_config = CompileConfig(
+        fullgraph=True, dynamic=False, mode="reduce-overhead" if cuda else "default"
+    )
+    compile_config._compile_all_devices = not cuda
+    return {"cache_implementation": "static", "compile_config": compile_config}
+
+
+def decode_rate(settings: Settings, model, processor, impl: str, compile_static: bool = False) -> dict:
     model.set_attn_implementation(impl)
     batch = make_batch(model, processor, 1)
     n = settings.new_tokens
     kwargs = {"max_new_tokens": n, "min_new_tokens": n, "do_sample": False}
     if compile_static:
-        # CUDA graphs ("reduce-overhead") on GPU; on CPU transformers compiles only when asked to.
-        compile_config = CompileConfig(
-            fullgraph=True,
-            dynamic=False,
-            mode="reduce-overhead" if settings.device.type == "cuda" else "default",
-        )
-        compile_config._compile_all_devices = settings.device.type != "cuda"
-        kwargs.update(cache_implementation="static", compile_config=compile_config)
+        kwargs.update(static_compile_kwargs(settings))
     one = {**kwargs, "max_new_tokens": 1, "min_new_tokens": 1}
     with torch.inference_mode():
         start = time.perf_counter()
@@ -211,7 +215,7 @@ def check_prefill(settings: Settings, model, processor) -> dict:
     return result
 
 
-def check_phase4_throughput(settings: Settings, model, processor) -> dict:
+def check_phase4_throughput(settings: Settings, model, processor, compile_static: bool = False) -> dict:
     """Questions/s through the evaluation's own batched generate (max 16 new tokens, the default).
     A random model rarely stops early, so this is the slow end of what trained weights give."""
     from PIL import Image
@@ -225,10 +229,12 @@ def check_phase4_throughput(settings: Settings, model, processor) -> dict:
         )
         for i in range(settings.eval_questions)
     ]
-    generate_answers(model, processor, samples[: settings.eval_batch], batch_size=settings.eval_batch)
+    kwargs = {"generate_kwargs": static_compile_kwargs(settings) if compile_static else None}
+    warm = samples[: settings.eval_batch]
+    generate_answers(model, processor, warm, batch_size=settings.eval_batch, **kwargs)
     synchronize(settings.device)
     start = time.perf_counter()
-    generate_answers(model, processor, samples, batch_size=settings.eval_batch)
+    generate_answers(model, processor, samples, batch_size=settings.eval_batch, **kwargs)
     synchronize(settings.device)
     seconds = time.perf_counter() - start
     rate = len(samples) / seconds
@@ -368,9 +374,12 @@ def summary(result: dict) -> list[str]:
                 f"  bandwidth bound {decode['bound_tokens_per_s']:.0f} tokens/s; best {decode['best']} at "
                 f"{decode['fraction_of_bound']:.0%} of it (target >= {DECODE_TARGET_FRACTION:.0%})"
             )
-    if "questions_per_s" in checks.get("phase4_batch", {}):
-        phase4 = checks["phase4_batch"]
-        lines.append(f"phase 4 questions/s at batch {phase4['batch_size']}: {phase4['questions_per_s']:.1f}")
+    for name in ("phase4_batch", "phase4_batch_static_compile"):
+        if "questions_per_s" in checks.get(name, {}):
+            phase4 = checks[name]
+            lines.append(
+                f"{name} questions/s at batch {phase4['batch_size']}: {phase4['questions_per_s']:.1f}"
+            )
     for name in ("phase3_memory", "phase3_memory_full_logits", "phase3_memory_batch16"):
         memory = checks.get(name, {})
         if "peak_reserved_gib" in memory:
@@ -416,6 +425,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     run_check(result, "prefill", lambda: check_prefill(settings, model, processor), args.json)
     run_check(result, "phase4_batch", lambda: check_phase4_throughput(settings, model, processor), args.json)
+    if not args.skip_compile:
+        run_check(
+            result,
+            "phase4_batch_static_compile",
+            lambda: check_phase4_throughput(settings, model, processor, compile_static=True),
+            args.json,
+        )
     model = None  # free the inference model before the training step
     if settings.device.type == "cuda":
         torch.cuda.empty_cache()

@@ -230,6 +230,16 @@ def test_batch_of_eight_gives_the_batch_of_one_answers(tiny_model, vqa_jsonl):
     assert eight == one
 
 
+def test_static_cache_gives_the_dynamic_cache_answers(tiny_model_dir, vqa_jsonl, tmp_path):
+    argv = ["--model", str(tiny_model_dir), "--data", str(vqa_jsonl), "--batch_size", "4",
+            "--max_new_tokens", "4", "--device", "cpu"]  # fmt: skip
+    predictions = {}
+    for name, extra in (("dynamic", []), ("static", ["--static_cache"])):
+        assert evaluate_vqa.main([*argv, "--output", str(tmp_path / name), *extra]) == 0
+        predictions[name] = (tmp_path / name / "predictions.jsonl").read_text()
+    assert predictions["static"] == predictions["dynamic"]
+
+
 def test_prompt_puts_the_suffix_on_its_own_line_after_the_question(tiny_model):
     _, processor = tiny_model
     prompt = evaluate_vqa.build_prompt(processor, "Is it red?", evaluate_vqa.DEFAULT_PROMPT_SUFFIX)

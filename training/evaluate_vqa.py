@@ -99,8 +99,10 @@ def generate_answers(
     batch_size: int = 8,
     prompt_suffix: str | None = DEFAULT_PROMPT_SUFFIX,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    generate_kwargs: dict | None = None,
 ) -> dict[str, str]:
-    """Greedy answers keyed by str(question_id), `batch_size` questions per `generate` call."""
+    """Greedy answers keyed by str(question_id), `batch_size` questions per `generate` call;
+    `generate_kwargs` go to every call (e.g. `cache_implementation="static"`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -115,7 +117,11 @@ def generate_answers(
             prompts = [build_prompt(processor, sample.question, prompt_suffix) for sample in batch]
             inputs = _model_inputs(processor, model, images, prompts)
             output = model.generate(
-                **inputs, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id
+                **inputs,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_token_id,
+                **(generate_kwargs or {}),
             )
             # (batch, prompt + new) -> (batch, new): decode only what the model wrote.
             new_tokens = output[:, inputs["input_ids"].shape[1] :]
@@ -235,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument(
+        "--static_cache",
+        action="store_true",
+        help="generate with a static KV cache; on CUDA transformers then compiles the decode step "
+        "(the first batch pays for compiling)",
+    )
+    parser.add_argument(
         "--dataset_name", help="name recorded in metrics.json for the model card (default: --data's name)"
     )
     return parser
@@ -323,7 +335,13 @@ def main(argv: list[str] | None = None) -> int:
         _check_images(samples)
         model, processor = load_model(args.model, args.dtype, args.device)
         answers = generate_answers(
-            model, processor, samples, args.batch_size, prompt_suffix, args.max_new_tokens
+            model,
+            processor,
+            samples,
+            args.batch_size,
+            prompt_suffix,
+            args.max_new_tokens,
+            generate_kwargs={"cache_implementation": "static"} if args.static_cache else None,
         )
         print(f"wrote {write_predictions(output / 'predictions.jsonl', samples, answers)}")
     else:
