@@ -301,7 +301,7 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
                 "but no pixel_values were given"
             )
 
-        if labels is not None and self.training and self.labelled_logits_only:
+        if labels is not None and self.training and self.labelled_logits_only and cache is None:
             if self.config.text_config.model_type not in LABELLED_LOGITS_MODEL_TYPES:
                 raise ValueError(
                     f"labelled_logits_only supports language models of type {sorted(LABELLED_LOGITS_MODEL_TYPES)}, "

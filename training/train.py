@@ -326,7 +326,7 @@ def prepare_kbit_model(model, training_args: TrainingArguments):
     """Freeze a bitsandbytes-quantised model for QLoRA, its unquantised parts left in their dtype.
 
     PEFT's `prepare_model_for_kbit_training` casts every unquantised weight to fp32 (the vision tower,
-    projector, embeddings, norms and lm_head, 1.9 GB more for so400m + TinyLlama) and with them every
+    projector, embeddings, norms and lm_head: 1.1 GB more for so400m + TinyLlama) and with them every
     activation, which at 8 x 2048 cancels most of what 4-bit weights save. LLaVA's QLoRA script casts
     most of it back to bf16; Llama's RMSNorm computes in fp32 whatever its weight's dtype. An fp16
     folder keeps PEFT's preparation: the Trainer's fp16 grad scaler needs fp32 trainable weights."""
