@@ -294,12 +294,22 @@ def test_estimated_lengths_are_close_and_decode_no_image(tiny, folder, monkeypat
     rows = [row(0), row(1, image="b.png", turns=long_turns), row(2, image=None, question="Hi?")]
     dataset = SupervisedDataset(open_rows(write_json(folder, rows)), processor, str(folder))
     exact = [len(item["input_ids"]) for item in dataset]
+    labelled = [sum(label != IGNORE_INDEX for label in item["labels"]) for item in dataset]
 
     def no_images(*args):
         raise AssertionError("estimated_lengths decoded an image")
 
     monkeypatch.setattr(data, "load_image", no_images)
-    estimated = dataset.estimated_lengths(chunk=2)
+    estimated = dataset.estimated_lengths()
     assert len(estimated) == 3 and estimated.index(max(estimated)) == exact.index(max(exact))
     for guess, true in zip(estimated, exact):
         assert abs(guess - true) <= 0.1 * true + 4, (estimated, exact)
+    # in chunks, with the answers: the labelled tokens of each item
+    convs = [data.normalize_row(r, i) for i, r in enumerate(rows)]
+    lengths, answers = data.estimate_token_counts(convs, processor, chunk=2)
+    assert lengths == estimated
+    for guess, true in zip(answers, labelled):
+        assert abs(guess - true) <= 0.1 * true + 2, (answers, labelled)
+    # truncation cuts answers first
+    short = data.estimate_token_counts(convs[1:2], processor, max_length=lengths[1] - 10)
+    assert short == ([lengths[1] - 10], [answers[1] - 10])

@@ -253,6 +253,32 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     assert result["peak_bytes"] == pytest.approx(sum(result["parts"].values()))
 
 
+def test_cli_labelled_fraction_from_data(tmp_path, capsys):
+    """The 99th-percentile row's answer tokens over seq_len - 1, images never opened (none exist)."""
+    from tinyvlm.training.data import estimate_token_counts, normalize_row
+
+    def row(i, answer):
+        turns = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": answer}]
+        return {"id": i, "image": f"missing-{i}.png", "conversations": turns}
+
+    rows = [row(i, "red " * (1 + i % 5)) for i in range(99)] + [row(99, "a long answer " * 20), {"bad": 1}]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(rows))
+    out = tmp_path / "plan.json"
+    args = ["--preset", "tiny", "--phase", "lora", "--batch_size", "2", "--seq_len", "200"]
+    assert pm.main([*args, "--data", str(data), "--json", str(out)]) == 0
+    assert "100 rows" in capsys.readouterr().out
+    processor = preset_components("tiny")[1]
+    answers = estimate_token_counts([normalize_row(r, i) for i, r in enumerate(rows[:100])], processor, 200)[
+        1
+    ]
+    p99 = sorted(answers)[98]  # the long row is the 100th: the 99th percentile is the next one down
+    assert p99 < max(answers)
+    assert json.loads(out.read_text())["plan"]["labelled_fraction"] == pytest.approx(p99 / 199)
+    with pytest.raises(ValueError, match="not both"):
+        pm.main([*args, "--data", str(data), "--labelled_fraction", "0.5"])
+
+
 def test_cli_bad_input_is_one_line_error(capsys):
     from tinyvlm.cli import main as cli
 

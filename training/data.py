@@ -96,6 +96,14 @@ class JsonlRows(Sequence):
         return row
 
 
+def text_view(rows: Sequence) -> tuple[Sequence, list[int] | None]:
+    """Rows to normalise without touching images: a datasets dataset's text columns and its image
+    count per row (for `normalize_row(..., num_images=)`), or the rows themselves."""
+    if isinstance(rows, DatasetRows):
+        return rows.text_rows(), rows.image_counts()
+    return rows, None
+
+
 def open_rows(data_path, data_split: str = "train", image_column: str | None = None) -> Sequence:
     """Rows of a LLaVA .json (a list) or .jsonl file, a `save_to_disk` folder, a `datasets` name, or a
     `datasets.Dataset` given as is."""
@@ -396,9 +404,7 @@ class SupervisedDataset(torch.utils.data.Dataset):
 
     def _prescan(self, require_images: bool) -> list[int]:
         # Structure, <image> count and image files only: no decoding, no tokenising.
-        is_dataset = isinstance(self.rows, DatasetRows)
-        view = self.rows.text_rows() if is_dataset else self.rows
-        counts = self.rows.image_counts() if is_dataset else None
+        view, counts = text_view(self.rows)
         valid = []
         for index in range(len(view)):
             try:
@@ -463,30 +469,14 @@ class SupervisedDataset(torch.utils.data.Dataset):
             pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
 
-    def estimated_lengths(self, chunk: int = 4096) -> list[int]:
-        """Tokens of each item (in `__getitem__` order) without decoding an image or rendering the
-        chat template: `image_seq_length` per image, the message texts tokenised in fast batches, and
-        TEMPLATE_TOKENS_PER_MESSAGE for the role markup; capped at model_max_length. Close enough to
-        group rows by length at a small fraction of the cost of building them."""
-        from tqdm.auto import tqdm
-
-        is_dataset = isinstance(self.rows, DatasetRows)
-        view = self.rows.text_rows() if is_dataset else self.rows
-        counts = self.rows.image_counts() if is_dataset else None
-        tokenizer, per_image = self.processor.tokenizer, self.processor.image_seq_length
-        lengths = []
-        for start in tqdm(range(0, len(self.valid), chunk), desc="row lengths", unit="chunk"):
-            texts, fixed = [], []
-            for index in self.valid[start : start + chunk]:
-                conv = normalize_row(view[index], index, self.image_column, counts[index] if counts else None)
-                parts = [p for m in conv.messages for p in m["content"]]
-                texts.append("\n".join(p["text"] for p in parts if p["type"] == "text"))
-                fixed.append(per_image * len(conv.images) + TEMPLATE_TOKENS_PER_MESSAGE * len(conv.messages))
-            encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-            lengths += [len(ids) + extra for ids, extra in zip(encoded, fixed)]
-        if self.model_max_length is not None:
-            lengths = [min(n, self.model_max_length) for n in lengths]
-        return lengths
+    def estimated_lengths(self) -> list[int]:
+        """Tokens of each item (in `__getitem__` order), estimated without decoding an image (see
+        `estimate_token_counts`): close enough to group rows by length, at a fraction of the cost."""
+        view, counts = text_view(self.rows)
+        convs = (
+            normalize_row(view[i], i, self.image_column, counts[i] if counts else None) for i in self.valid
+        )
+        return estimate_token_counts(convs, self.processor, self.model_max_length, total=len(self.valid))[0]
 
     def summary(self) -> dict:
         """Rows used and skipped, by reason (as far as this process has seen)."""
@@ -512,6 +502,41 @@ class SupervisedDataset(torch.utils.data.Dataset):
         if summary["text_only_rows_skipped"]:
             message += f"; {summary['text_only_rows_skipped']} text-only rows left out (no image to train on)"
         (logger.warning if summary["rows_skipped"] else logger.info)(message)
+
+
+def estimate_token_counts(
+    conversations, processor, max_length: int | None = None, total: int | None = None, chunk: int = 4096
+) -> tuple[list[int], list[int]]:
+    """(tokens, answer tokens) per conversation without decoding an image or rendering the chat
+    template: `image_seq_length` per image, the message texts tokenised in fast batches, and
+    TEMPLATE_TOKENS_PER_MESSAGE for each message's role markup (an answer's end-of-turn token counts
+    as answer). Truncation to `max_length` cuts the end, where the answers are."""
+    from itertools import islice
+
+    from tqdm.auto import tqdm
+
+    tokenizer, per_image = processor.tokenizer, processor.image_seq_length
+    conversations = iter(conversations)
+    lengths, answers = [], []
+    with tqdm(total=total, desc="token counts", unit="row") as progress:
+        while batch := list(islice(conversations, chunk)):
+            texts, fixed, answer_messages = [], [], []
+            for conv in batch:
+                for message in conv.messages:
+                    texts.append("\n".join(p["text"] for p in message["content"] if p["type"] == "text"))
+                fixed.append(per_image * len(conv.images) + TEMPLATE_TOKENS_PER_MESSAGE * len(conv.messages))
+                answer_messages.append([m["role"] == "assistant" for m in conv.messages])
+            encoded = iter(tokenizer(texts, add_special_tokens=False)["input_ids"])
+            for extra, roles in zip(fixed, answer_messages):
+                sizes = [len(next(encoded)) for _ in roles]
+                length = sum(sizes) + extra
+                answer = sum(n + 1 for n, is_answer in zip(sizes, roles) if is_answer)
+                if max_length is not None and length > max_length:
+                    answer, length = max(0, answer - (length - max_length)), max_length
+                lengths.append(length)
+                answers.append(answer)
+            progress.update(len(batch))
+    return lengths, answers
 
 
 def length_index(dataset: SupervisedDataset, column: str = "length"):

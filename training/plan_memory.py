@@ -36,7 +36,8 @@ under it actually keep alive. The assumptions, each checked against the code it 
   backward step holds three fp32 batch x seq x vocab buffers at once. `tinyvlm train` computes them
   at labelled positions only (`--labelled_logits_only`, on by default): `--labelled_fraction` of the
   batch x (seq - 1) next-token positions, 1.0 (the upper bound) unless you know your data's share of
-  answer tokens; `--full_logits` plans the stock every-position loss.
+  answer tokens, or `--data FILE` to count it (the 99th-percentile row's answer tokens, estimated
+  from the text alone); `--full_logits` plans the stock every-position loss.
 - Peak = weights + optimizer states + max(saved activations + loss buffers, gradients + one layer's
   backward) + overhead (CUDA context, cuBLAS workspace, allocator fragmentation: 0.5 GiB + 5 %; none
   on CPU, where `benchmarks/plan_memory_check.py` subtracts the process baseline).
@@ -427,7 +428,7 @@ def format_report(result: dict) -> str:
         setup += ", gradient checkpointing" if plan["gradient_checkpointing"] else ", no checkpointing"
         setup += f", {plan['optimizer']}"
         if plan["labelled_logits_only"]:
-            setup += f", logits at labelled positions only (fraction {plan['labelled_fraction']:.2f})"
+            setup += f", logits at labelled positions only (fraction {plan['labelled_fraction']:.3g})"
         else:
             setup += ", logits at every position"
     if plan["phase"] == "lora":
@@ -521,9 +522,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--labelled_fraction",
         type=float,
-        default=1.0,
         help="share of next-token positions with a label (answers); tinyvlm train computes logits only "
-        "there. 1.0 (default) is the upper bound",
+        "there. Default 1.0, the upper bound, or what --data gives",
+    )
+    parser.add_argument(
+        "--data",
+        help="training data as tinyvlm train's --data_path: --labelled_fraction from its answers (the "
+        "99th-percentile row's answer tokens over seq_len), counted without opening an image",
     )
     parser.add_argument(
         "--full_logits",
@@ -534,10 +539,58 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def labelled_fraction_from_data(path: str, processor, seq_len: int) -> tuple[float, dict]:
+    """The planner's labelled share for rows of `seq_len` tokens: the 99th-percentile row's answer
+    tokens (estimated, truncated as training truncates) over its seq_len - 1 next-token positions."""
+    from .data import BadRowError, estimate_token_counts, normalize_row, open_rows, text_view
+
+    view, counts = text_view(open_rows(path))
+    conversations, bad = [], 0
+    for index in range(len(view)):
+        try:
+            conversations.append(normalize_row(view[index], index, None, counts[index] if counts else None))
+        except BadRowError:
+            bad += 1
+    if not conversations:
+        raise ValueError(f"{path}: no usable conversation to count answers in ({bad} malformed rows)")
+    lengths, answers = estimate_token_counts(conversations, processor, seq_len, total=len(conversations))
+    ranked = sorted(answers)
+    p99 = ranked[int(0.99 * (len(ranked) - 1))]
+    stats = {
+        "rows": len(conversations),
+        "malformed_rows": bad,
+        "mean_tokens": sum(lengths) / len(lengths),
+        "mean_answer_tokens": sum(answers) / len(answers),
+        "p99_answer_tokens": p99,
+    }
+    return min(1.0, max(p99, 1) / (seq_len - 1)), stats
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     preset = args.preset or (None if args.model else "tinyllama-siglip")
     shape = model_shape(load_config(preset=preset, model=args.model))
+    fraction = 1.0 if args.labelled_fraction is None else args.labelled_fraction
+    if args.data:
+        if args.labelled_fraction is not None:
+            raise ValueError("pass --labelled_fraction or --data, not both")
+        if args.model:
+            from ..modeling_tinyvlm import TinyVLMProcessor
+
+            processor = TinyVLMProcessor.from_pretrained(args.model)
+        else:
+            from ..conversion.build import preset_components
+
+            processor = preset_components(preset)[1]
+            logger.warning(
+                "counting tokens with the %s preset's offline tokenizer: pass --model for yours", preset
+            )
+        fraction, stats = labelled_fraction_from_data(args.data, processor, args.seq_len)
+        print(
+            f"data {args.data}: {stats['rows']} rows, {stats['mean_tokens']:.0f} tokens and "
+            f"{stats['mean_answer_tokens']:.0f} answer tokens a row on average, 99th percentile "
+            f"{stats['p99_answer_tokens']} answer tokens: labelled fraction {fraction:.3f}"
+        )
     logger.info("planning for %s: %s parameters", preset or args.model, f"{sum(shape.params.values()):,}")
     plan = Plan(
         phase=args.phase,
@@ -551,7 +604,7 @@ def main(argv: list[str]) -> int:
         optimizer=args.optimizer,
         device=args.device,
         labelled_logits_only=not args.full_logits,
-        labelled_fraction=args.labelled_fraction,
+        labelled_fraction=fraction,
     )
     result = estimate(shape, plan)
     print(format_report(result))
