@@ -187,6 +187,33 @@ def test_full_phase_freezes_only_the_vision_tower(tiny_folder, data, tmp_path):
     assert changed == {"multi_modal_projector", "language_model"}
 
 
+def test_unfrozen_vision_tower_trains_only_what_runs(tmp_path):
+    """Every trainable parameter gets a gradient from one step (what DDP needs without
+    find_unused_parameters): the SigLIP layers past vision_feature_layer and the post-layernorm are
+    frozen, the layers that run train."""
+    from conftest import solid_image, user_prompt
+    from tinyvlm.conversion.build import build_preset_model
+    from tinyvlm.training.train import ModelArguments, prepare_model
+    from transformers import TrainingArguments
+
+    model, processor = build_preset_model("tiny", seed=0)
+    args = ModelArguments(model_name_or_path=str(tmp_path), phase="full", freeze_vision_tower=False)
+    model = prepare_model(
+        model, args, TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    )
+    model.train()
+    batch = processor(images=[solid_image()], text=[user_prompt(processor, "Colour?")], return_tensors="pt")
+    model(**batch, labels=batch["input_ids"]).loss.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert [n for n, p in trainable.items() if p.grad is None] == []
+    used = model.config.num_vision_layers_used
+    assert any(n.startswith(f"vision_tower.encoder.layers.{used - 1}.") for n in trainable)
+    assert not any(
+        n.startswith((f"vision_tower.encoder.layers.{used}.", "vision_tower.post_layernorm"))
+        for n in trainable
+    )
+
+
 def test_lora_phase_writes_a_safetensors_adapter_that_loads_on_its_base(tiny_folder, data, tmp_path):
     from peft import PeftModel
 

@@ -342,6 +342,19 @@ def prepare_kbit_model(model, training_args: TrainingArguments):
     return model
 
 
+def freeze_unused_vision_parts(model) -> None:
+    """The SigLIP layers past `vision_feature_layer`, its post-layernorm and pooling head never run
+    (the model reads a hidden state before them): frozen, so that DDP does not wait for gradients
+    that never come (it would fail without `find_unused_parameters`) and AdamW keeps no state."""
+    tower = model.vision_tower
+    for layer in tower.encoder.layers[model.config.num_vision_layers_used :]:
+        layer.requires_grad_(False)
+    for name in ("post_layernorm", "head"):
+        module = getattr(tower, name, None)
+        if isinstance(module, torch.nn.Module):
+            module.requires_grad_(False)
+
+
 def prepare_model(model, model_args: ModelArguments, training_args: TrainingArguments):
     """Freeze and wrap the model for the phase; returns the model to train."""
     model.labelled_logits_only = model_args.labelled_logits_only  # read in training mode only
@@ -352,6 +365,8 @@ def prepare_model(model, model_args: ModelArguments, training_args: TrainingArgu
         model.requires_grad_(True)
         if model_args.freeze_vision_tower:
             model.vision_tower.requires_grad_(False)
+        else:
+            freeze_unused_vision_parts(model)
     else:
         from peft import get_peft_model
 
