@@ -279,6 +279,18 @@ def test_cli_labelled_fraction_from_data(tmp_path, capsys):
         pm.main([*args, "--data", str(data), "--labelled_fraction", "0.5"])
 
 
+def test_cli_takes_train_spelling_of_the_logits_flag(tmp_path):
+    peaks = {}
+    for value in ("True", "False"):
+        out = tmp_path / f"{value}.json"
+        args = ["--preset", "tiny", "--phase", "lora", "--batch_size", "2", "--seq_len", "64"]
+        assert pm.main([*args, "--labelled_logits_only", value, "--json", str(out)]) == 0
+        result = json.loads(out.read_text())
+        assert result["plan"]["labelled_logits_only"] is (value == "True")
+        peaks[value] = result["peak_bytes"]
+    assert peaks["True"] < peaks["False"]  # at fraction 1.0 only each row's last position is spared
+
+
 def test_cli_bad_input_is_one_line_error(capsys):
     from tinyvlm.cli import main as cli
 

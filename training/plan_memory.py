@@ -37,7 +37,7 @@ under it actually keep alive. The assumptions, each checked against the code it 
   at labelled positions only (`--labelled_logits_only`, on by default): `--labelled_fraction` of the
   batch x (seq - 1) next-token positions, 1.0 (the upper bound) unless you know your data's share of
   answer tokens, or `--data FILE` to count it (the 99th-percentile row's answer tokens, estimated
-  from the text alone); `--full_logits` plans the stock every-position loss.
+  from the text alone); `--labelled_logits_only False` plans the stock every-position loss.
 - Peak = weights + optimizer states + max(saved activations + loss buffers, gradients + one layer's
   backward) + overhead (CUDA context, cuBLAS workspace, allocator fragmentation: 0.5 GiB + 5 %; none
   on CPU, where `benchmarks/plan_memory_check.py` subtracts the process baseline).
@@ -469,6 +469,15 @@ def _lora_r_default() -> int:
     return next(f.default for f in dataclasses.fields(ModelArguments) if f.name == "lora_r")
 
 
+def _true_or_false(value: str) -> bool:
+    """HfArgumentParser's spelling of a boolean flag, so both commands take the same words."""
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinyvlm plan-memory",
@@ -531,9 +540,11 @@ def _parser() -> argparse.ArgumentParser:
         "99th-percentile row's answer tokens over seq_len), counted without opening an image",
     )
     parser.add_argument(
-        "--full_logits",
-        action="store_true",
-        help="logits at every position (tinyvlm train --labelled_logits_only False, or a stock loss)",
+        "--labelled_logits_only",
+        type=_true_or_false,
+        default=True,
+        metavar="{True,False}",
+        help="as tinyvlm train's flag (default True); False: logits at every position, the stock loss",
     )
     parser.add_argument("--json", help="also write the estimate here")
     return parser
@@ -603,7 +614,7 @@ def main(argv: list[str]) -> int:
         lora_o_proj=args.lora_o_proj,
         optimizer=args.optimizer,
         device=args.device,
-        labelled_logits_only=not args.full_logits,
+        labelled_logits_only=args.labelled_logits_only,
         labelled_fraction=fraction,
     )
     result = estimate(shape, plan)
