@@ -201,6 +201,20 @@ def test_qlora_weights_and_activations_equal_bitsandbytes_on_cpu(tmp_path):
     assert abs(sum(pm.activations(shape, plan).values()) - measured) <= 64
 
 
+def test_qlora_on_an_fp16_folder_keeps_peft_fp32_preparation(tmp_path):
+    """fp16 training needs fp32 trainable weights for the grad scaler: PEFT's cast stays there."""
+    pytest.importorskip("bitsandbytes")
+    from tinyvlm.conversion.build import build_preset
+    from tinyvlm.training.train import load_model
+
+    build_preset("tiny", tmp_path / "m", dtype=torch.float16)
+    args = ModelArguments(model_name_or_path=str(tmp_path / "m"), phase="lora", bits=4)
+    training_args = TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to=[])
+    model = prepare_model(load_model(args, training_args), args, training_args)
+    floats = {p.dtype for p in model.parameters() if p.dtype.is_floating_point}
+    assert floats == {torch.float32}
+
+
 def test_4bit_weights_of_the_llm_linears(real_shape):
     plan = pm.Plan(phase="lora", batch_size=1, seq_len=1024, bits=4)
     quantized = sum(n for n, _ in real_shape.quantizable)
