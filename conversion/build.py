@@ -136,11 +136,15 @@ def preset_components(name: str, vision: dict | None = None, text: dict | None =
     return config, processor
 
 
-def build_preset_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
-    """(model, processor) at random init, deterministic for a seed."""
+def build_preset_model(
+    name: str, seed: int = 0, dtype: torch.dtype = torch.float32, device: str | None = None, **overrides
+):
+    """(model, processor) at random init, deterministic for a seed (and device). `device`: where the
+    weights are created (the real preset's 1.5B parameters initialise much faster on a GPU)."""
     config, processor = preset_components(name, **overrides)
     torch.manual_seed(seed)
-    model = TinyVLMForConditionalGeneration(config).to(dtype)
+    with torch.device(device or "cpu"):
+        model = TinyVLMForConditionalGeneration(config).to(dtype)
     model.generation_config = generation_config_for(processor.tokenizer)
     return model.eval(), processor
 

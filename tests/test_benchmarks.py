@@ -76,12 +76,10 @@ def test_plan_memory_check_runs_one_tiny_case(tmp_path, capsys):
 def test_gpu_script_rehearses_every_check_on_cpu(tmp_path):
     """benchmarks/gpu.py is for a device session: its CPU rehearsal runs each check's code path (the
     Trainer's LoRA preparation and checkpointing, the VQA eval's generate) so none fails there first.
-    Static cache + compile is left to test_modeling (same transformers path, 20 s of compiling)."""
+    Static cache + compile included (about 20 s of compiling the tiny model)."""
     out = tmp_path / "gpu.json"
     argv = [sys.executable, os.path.join(BENCHMARKS, "gpu.py"), "--device", "cpu", "--quick"]
-    proc = subprocess.run(
-        [*argv, "--skip_compile", "--json", str(out)], capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([*argv, "--json", str(out)], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     checks = json.loads(out.read_text())["checks"]
     assert set(checks) == {
@@ -92,10 +90,13 @@ def test_gpu_script_rehearses_every_check_on_cpu(tmp_path):
         "phase3_memory",
         "phase3_memory_full_logits",
         "phase3_memory_batch16",
+        "decode_batch1_static_compile",
+        "phase4_batch_static_compile",
     }
     assert not [name for name, check in checks.items() if "error" in check]
     assert checks["flash_tiny"]["skipped"] == "flash_attention_2 needs CUDA"
     assert set(checks["decode_batch1"]["tokens_per_s"]) == {"eager", "sdpa"}
+    assert set(checks["decode_batch1_static_compile"]["tokens_per_s"]) == {"static+compile"}
     assert checks["phase4_batch"]["questions_per_s"] > 0
     assert checks["phase3_memory"]["planned_peak_gib"] > 0
     assert "failed checks: none" in proc.stdout
