@@ -13,5 +13,6 @@ rm -rf .whl.tmp && mkdir -p .whl.tmp
 "$PY" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d .whl.tmp \
     "transformers==$TRANSFORMERS" "peft==$PEFT"
 "$PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w .whl.tmp .
+rm -rf build  # setuptools' scratch copy of the package, left by the wheel build
 rm -rf .whl && mv .whl.tmp .whl
 ls -l .whl

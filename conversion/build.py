@@ -12,6 +12,7 @@ encoder and never runs the head.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 
 import torch
@@ -143,7 +144,7 @@ def build_preset_model(
     weights are created (the real preset's 1.5B parameters initialise much faster on a GPU)."""
     config, processor = preset_components(name, **overrides)
     torch.manual_seed(seed)
-    with torch.device(device or "cpu"):
+    with torch.device(device) if device is not None else contextlib.nullcontext():
         model = TinyVLMForConditionalGeneration(config).to(dtype)
     model.generation_config = generation_config_for(processor.tokenizer)
     return model.eval(), processor
