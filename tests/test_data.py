@@ -313,3 +313,31 @@ def test_estimated_lengths_are_close_and_decode_no_image(tiny, folder, monkeypat
     # truncation cuts answers first
     short = data.estimate_token_counts(convs[1:2], processor, max_length=lengths[1] - 10)
     assert short == ([lengths[1] - 10], [answers[1] - 10])
+
+
+def test_length_index_by_modality_keeps_image_and_text_only_rows_apart(tiny, folder):
+    """Signed lengths (LLaVA's modality lengths) through transformers' own LengthGroupedSampler:
+    a batch mixes image and text-only rows at most once per mega-batch (unsigned: 9 of 12 here)."""
+    from tinyvlm.training.data import length_index
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    _, processor = tiny
+    rows = []
+    for i in range(48):  # similar lengths in both modalities, so plain length sorting mixes them
+        words = "word " * (3 + (7 * i) % 23)
+        if i % 2:
+            rows.append(row(i, answer=words))
+        else:
+            rows.append(row(i, answer=words, image=None, question="Say something long?"))
+    dataset = SupervisedDataset(open_rows(write_json(folder, rows)), processor, str(folder))
+    lengths = list(length_index(dataset, by_modality=True)["length"])
+    assert [abs(n) for n in lengths] == dataset.estimated_lengths()
+    assert [n > 0 for n in lengths] == [i % 2 == 1 for i in range(48)]
+    batch_size = 4
+    order = list(
+        LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(0))
+    )
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    mixed = [b for b in batches if len({lengths[i] > 0 for i in b}) > 1]
+    mega_batches = len(order) // (batch_size * min(len(order) // (batch_size * 4), 50))
+    assert len(mixed) <= mega_batches < len(batches)

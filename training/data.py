@@ -469,14 +469,25 @@ class SupervisedDataset(torch.utils.data.Dataset):
             pixel_values = self.processor.image_processor(images, return_tensors="pt")["pixel_values"]
         return {"input_ids": input_ids, "labels": labels, "pixel_values": pixel_values}
 
-    def estimated_lengths(self) -> list[int]:
+    def estimated_lengths(self, negative_without_image: bool = False) -> list[int]:
         """Tokens of each item (in `__getitem__` order), estimated without decoding an image (see
-        `estimate_token_counts`): close enough to group rows by length, at a fraction of the cost."""
+        `estimate_token_counts`): close enough to group rows by length, at a fraction of the cost.
+        `negative_without_image` negates text-only rows (LLaVA's modality lengths)."""
         view, counts = text_view(self.rows)
-        convs = (
-            normalize_row(view[i], i, self.image_column, counts[i] if counts else None) for i in self.valid
-        )
-        return estimate_token_counts(convs, self.processor, self.model_max_length, total=len(self.valid))[0]
+        has_image = []
+
+        def conversations():
+            for i in self.valid:
+                conv = normalize_row(view[i], i, self.image_column, counts[i] if counts else None)
+                has_image.append(bool(conv.images))
+                yield conv
+
+        lengths = estimate_token_counts(
+            conversations(), self.processor, self.model_max_length, total=len(self.valid)
+        )[0]
+        if negative_without_image:
+            lengths = [n if image else -n for n, image in zip(lengths, has_image)]
+        return lengths
 
     def summary(self) -> dict:
         """Rows used and skipped, by reason (as far as this process has seen)."""
@@ -539,15 +550,18 @@ def estimate_token_counts(
     return lengths, answers
 
 
-def length_index(dataset: SupervisedDataset, column: str = "length"):
+def length_index(dataset: SupervisedDataset, column: str = "length", by_modality: bool = False):
     """A `datasets.Dataset` of `position` and `column` (estimated tokens) per item, to train on
     with `RowBuildingCollator`: transformers' length-grouped samplers read lengths from such a
-    column, and otherwise build every row, images decoded, just to measure it."""
+    column, and otherwise build every row, images decoded, just to measure it.
+
+    `by_modality`: text-only rows get negative lengths, as LLaVA's `modality_lengths`. The Trainer's
+    LengthGroupedSampler sorts each mega-batch longest first, so image rows and text-only rows then
+    meet in at most one batch per mega-batch (a text-only batch gives the projector no gradient)."""
     import datasets
 
-    return datasets.Dataset.from_dict(
-        {"position": list(range(len(dataset))), column: dataset.estimated_lengths()}
-    )
+    lengths = dataset.estimated_lengths(negative_without_image=by_modality)
+    return datasets.Dataset.from_dict({"position": list(range(len(dataset))), column: lengths})
 
 
 @dataclass

@@ -403,12 +403,13 @@ def build_train_dataset(data_args: DataArguments, processor, phase: str) -> Supe
     return dataset
 
 
-def uses_length_sampler(training_args: TrainingArguments) -> bool:
-    """--train_sampling_strategy group_by_length|batch_rebalance (5.x) or --group_by_length (4.x)."""
+def length_sampling(training_args: TrainingArguments) -> str | None:
+    """ "group_by_length" (5.x --train_sampling_strategy, or 4.x --group_by_length True),
+    "batch_rebalance" (5.x), or None: the Trainer samplers that read row lengths."""
     strategy = getattr(training_args, "train_sampling_strategy", None)
-    return strategy in ("group_by_length", "batch_rebalance") or bool(
-        getattr(training_args, "group_by_length", False)
-    )
+    if strategy in ("group_by_length", "batch_rebalance"):
+        return strategy
+    return "group_by_length" if getattr(training_args, "group_by_length", False) else None
 
 
 def training_record(model_args, data_args, training_args, dataset, train_result) -> dict:
@@ -519,8 +520,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         collator = DataCollatorForVLM(pad_token_id=processor.tokenizer.pad_token_id)
     train_dataset = dataset
-    if uses_length_sampler(training_args):
-        train_dataset = length_index(dataset, training_args.length_column_name)
+    sampling = length_sampling(training_args)
+    if sampling is not None:
+        # Grouping by length also separates image rows from text-only ones (signed lengths);
+        # batch_rebalance balances token counts across ranks and needs them as they are.
+        by_modality = sampling == "group_by_length"
+        train_dataset = length_index(dataset, training_args.length_column_name, by_modality)
         collator = RowBuildingCollator(dataset, collator)
     if dataset.text_only_rows and training_args.ddp_find_unused_parameters is None:
         # A batch of text-only rows leaves the projector without a gradient; DDP must expect that.
