@@ -14,6 +14,7 @@ from tinyvlm.training.train import (
     PHASE_DEFAULTS,
     TRAINING_RECORD,
     WARMUP_KEY,
+    length_sampling,
     lora_target_modules,
     main,
     parse_arguments,
@@ -94,8 +95,25 @@ def test_shipped_phase_configs_parse():
         # bf16 needs a GPU unless the run is told it is on the CPU
         model_args, _, args = parse_arguments([os.path.join(folder, name), "--use_cpu", "True"])
         assert model_args.phase == phase and args.bf16 and args.gradient_checkpointing
+        # LLaVA-1.5's fine-tuning groups by modality length; its pre-training does not
+        assert length_sampling(args) == (None if phase == "projector" else "group_by_length")
     model_args, _, _ = parse_arguments([os.path.join(folder, "phase3_qlora.yaml"), "--use_cpu", "True"])
     assert model_args.bits == 4
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ([], None),
+        (["--group_by_length", "True"], "group_by_length"),  # transformers 4.x's flag
+        (["--group_by_length"], "group_by_length"),
+        (["--group_by_modality_length=True"], "group_by_length"),  # LLaVA's
+        (["--group_by_length", "False"], None),
+    ],
+)
+def test_length_grouping_flags_of_either_transformers_and_llava(flags, expected):
+    _, _, args = parse_arguments(["--phase", "lora", *REQUIRED, *flags])
+    assert length_sampling(args) == expected
 
 
 def test_lora_targets_the_language_model_attention_only(tiny):

@@ -176,6 +176,38 @@ def _rename_warmup_ratio(argv: list[str], config: dict) -> tuple[list[str], dict
     return argv, config
 
 
+HAS_GROUP_BY_LENGTH = "group_by_length" in {f.name for f in dataclasses.fields(TrainingArguments)}
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _rename_group_by_length(argv: list[str], config: dict) -> tuple[list[str], dict]:
+    # transformers 4.x's --group_by_length and LLaVA's --group_by_modality_length (our length
+    # grouping groups by modality too) are 5.x's --train_sampling_strategy group_by_length.
+    names = ("group_by_length", "group_by_modality_length")
+    wanted, out, i = None, [], 0
+    while i < len(argv):
+        token = argv[i]
+        name, _, value = token[2:].partition("=")
+        if token.startswith("--") and name in names:
+            if not value and i + 1 < len(argv) and argv[i + 1].lower() in _BOOL_WORDS:
+                value, i = argv[i + 1], i + 1
+            if value and value.lower() not in _BOOL_WORDS:
+                raise ValueError(f"--{name} takes True or False, got {value!r}")
+            wanted = _BOOL_WORDS[value.lower()] if value else True
+        else:
+            out.append(token)
+        i += 1
+    config = dict(config)
+    for name in names:
+        if name in config:
+            wanted = bool(config.pop(name)) if wanted is None else wanted
+    if wanted is None:
+        return argv, config
+    if HAS_GROUP_BY_LENGTH:
+        return [*out, "--group_by_length", str(wanted)], config
+    return ([*out, "--train_sampling_strategy", "group_by_length"] if wanted else out), config
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     pass
 
@@ -201,6 +233,7 @@ def parse_arguments(argv: list[str]) -> tuple[ModelArguments, DataArguments, Tra
     if argv and argv[0].endswith(CONFIG_SUFFIXES) and not argv[0].startswith("-"):
         config, source, argv = _read_config(argv[0]), argv[0], argv[1:]
     argv, config = _rename_warmup_ratio(list(argv), config)
+    argv, config = _rename_group_by_length(argv, config)
     known = {f.name for cls in parser.dataclass_types for f in dataclasses.fields(cls)}
     unknown = sorted(set(config) - known)
     if unknown:
