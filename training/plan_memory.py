@@ -470,12 +470,11 @@ def _lora_r_default() -> int:
 
 
 def _true_or_false(value: str) -> bool:
-    """HfArgumentParser's spelling of a boolean flag, so both commands take the same words."""
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+    """tinyvlm train's reading of a boolean flag value, so both commands take the same words
+    (imported on use: the training module brings in the Trainer)."""
+    from .train import parse_bool
+
+    return parse_bool(value)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -180,6 +180,13 @@ HAS_GROUP_BY_LENGTH = "group_by_length" in {f.name for f in dataclasses.fields(T
 _BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
+def parse_bool(value: str) -> bool:
+    """True/False as a flag value (also 1/0, yes/no, any case); argparse's error otherwise."""
+    if value.lower() not in _BOOL_WORDS:
+        raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+    return _BOOL_WORDS[value.lower()]
+
+
 def _rename_group_by_length(argv: list[str], config: dict) -> tuple[list[str], dict]:
     # transformers 4.x's --group_by_length and LLaVA's --group_by_modality_length (our length
     # grouping groups by modality too) are 5.x's --train_sampling_strategy group_by_length.
@@ -191,9 +198,10 @@ def _rename_group_by_length(argv: list[str], config: dict) -> tuple[list[str], d
         if token.startswith("--") and name in names:
             if not value and i + 1 < len(argv) and argv[i + 1].lower() in _BOOL_WORDS:
                 value, i = argv[i + 1], i + 1
-            if value and value.lower() not in _BOOL_WORDS:
-                raise ValueError(f"--{name} takes True or False, got {value!r}")
-            wanted = _BOOL_WORDS[value.lower()] if value else True
+            try:
+                wanted = parse_bool(value) if value else True
+            except argparse.ArgumentTypeError:
+                raise ValueError(f"--{name} takes True or False, got {value!r}") from None
         else:
             out.append(token)
         i += 1
