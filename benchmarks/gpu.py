@@ -28,6 +28,7 @@ Design choices:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import os
@@ -248,34 +249,24 @@ def check_phase4_throughput(settings: Settings, model, processor, compile_static
 
 
 def check_phase3_memory(settings: Settings, batch_size: int, labelled_logits_only: bool = True) -> dict:
+    from plan_memory_check import prepare_training
     from tinyvlm.training import plan_memory as pm
-    from tinyvlm.training.train import ModelArguments, prepare_model
-    from transformers import TrainingArguments
 
     model, _ = build(settings)
     config = model.config
-    args = ModelArguments(
-        model_name_or_path="unused",
+    b, seq = batch_size, settings.train_seq
+    plan = pm.Plan(
         phase="lora",
+        batch_size=b,
+        seq_len=seq,
+        precision="bf16" if settings.dtype == torch.bfloat16 else "fp32",
+        gradient_checkpointing=True,
         lora_r=settings.lora_r,
-        lora_alpha=2 * settings.lora_r,
+        device=settings.device.type,
         labelled_logits_only=labelled_logits_only,
     )
-    training_args = TrainingArguments(
-        output_dir="/tmp/tinyvlm-gpu-check",
-        report_to=[],
-        use_cpu=settings.device.type == "cpu",
-    )
-    model = prepare_model(model, args, training_args)
-    # As the Trainer does at the start of train() for `gradient_checkpointing: true`.
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    b, seq = batch_size, settings.train_seq
+    # tinyvlm train's preparation, the Trainer's checkpointing call and optimizer (states allocated)
+    model, optimizer = prepare_training(model, plan, "/tmp/tinyvlm-gpu-check")
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, config.text_config.vocab_size - 3, (b, seq), generator=generator)
     ids[:, 1 : 1 + config.image_seq_length] = config.image_token_id
@@ -305,17 +296,7 @@ def check_phase3_memory(settings: Settings, batch_size: int, labelled_logits_onl
         step_seconds.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_reserved(settings.device) if settings.device.type == "cuda" else None
     allocated = torch.cuda.max_memory_allocated(settings.device) if settings.device.type == "cuda" else None
-    plan = pm.Plan(
-        phase="lora",
-        batch_size=b,
-        seq_len=seq,
-        precision="bf16" if settings.dtype == torch.bfloat16 else "fp32",
-        gradient_checkpointing=True,
-        lora_r=settings.lora_r,
-        device=settings.device.type,
-        labelled_logits_only=labelled_logits_only,
-        labelled_fraction=labelled / (b * (seq - 1)),
-    )
+    plan = dataclasses.replace(plan, labelled_fraction=labelled / (b * (seq - 1)))
     estimate = pm.estimate(pm.model_shape(config), plan)
     del model, optimizer, batch
     if settings.device.type == "cuda":
@@ -323,7 +304,7 @@ def check_phase3_memory(settings: Settings, batch_size: int, labelled_logits_onl
     result = {
         "batch": f"{b} x {seq}",
         "lora_r": settings.lora_r,
-        "labelled_fraction": round(labelled / (b * (seq - 1)), 3),
+        "labelled_fraction": round(plan.labelled_fraction, 3),
         "step_seconds_median": statistics.median(step_seconds),
         "tokens_per_s": b * seq / statistics.median(step_seconds),
         "planned_peak_gib": estimate["peak_bytes"] / GIB,

@@ -42,6 +42,7 @@ from common import (  # noqa: E402
     run_child,
 )
 
+PADDING = 8  # tokens of padding on the last row of a batch of several (make_batch)
 # name -> plan fields; seq_len "+N" means the image's tokens + N text tokens
 CASES = {
     "inference-fp32": {"phase": "inference", "precision": "fp32", "batch_size": 1, "seq_len": "+256"},
@@ -97,8 +98,8 @@ def make_plan(case: dict, image_seq_length: int):
     if isinstance(fields["seq_len"], str):
         fields["seq_len"] = image_seq_length + int(fields["seq_len"])
     b, s = fields["batch_size"], fields["seq_len"]
-    # make_batch labels the text after the image, less the padded row's last 8 tokens.
-    labelled = b * (s - 1 - image_seq_length) - (8 if b > 1 else 0)
+    # make_batch labels the text after the image, less the padded row's padding.
+    labelled = b * (s - 1 - image_seq_length) - (PADDING if b > 1 else 0)
     return Plan(device="cpu", labelled_fraction=labelled / (b * (s - 1)), **fields)
 
 
@@ -118,8 +119,8 @@ def make_batch(config, plan, dtype):
     labels[:, : 1 + p] = -100
     mask = torch.ones_like(ids)
     if b > 1:  # a padded row, as in a real batch: transformers then builds a mask
-        mask[-1, -8:] = 0
-        labels[-1, -8:] = -100
+        mask[-1, -PADDING:] = 0
+        labels[-1, -PADDING:] = -100
     size = config.vision_config.image_size
     pixels = torch.randn(b, 3, size, size, generator=g).to(dtype)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels}
