@@ -178,23 +178,18 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         self.language_model.set_decoder(decoder)
 
     def enable_input_require_grads(self):
-        """Make the token embeddings' output require grad (checkpointing or adapters over a frozen LLM
-        need it for gradients to reach the trainable parts), and the vision embeddings' output only
-        while some vision-tower parameter trains. transformers 5.x hooks every sub-model's embeddings,
-        so a frozen SigLIP would be checkpointed, recomputed and back-propagated for nothing."""
+        """Make both embeddings' outputs require grad: checkpointing or adapters over frozen weights
+        need it for gradients to reach the trainable parts after them. A frozen vision tower is still
+        left out of autograd: `get_image_features` runs it under no_grad (5.x's stock hook alone
+        would make SigLIP's patch embeddings require grad and so back-propagate the whole tower)."""
 
-        def text_hook(module, args, output):
+        def hook(module, args, output):
             output.requires_grad_(True)
-
-        def vision_hook(module, args, output):
-            # Checked per call: the training phases freeze and unfreeze after this hook is set.
-            if any(p.requires_grad for p in self.vision_tower.parameters()):
-                output.requires_grad_(True)
 
         self.disable_input_require_grads()
         self._require_grads_hooks = [
-            self.get_input_embeddings().register_forward_hook(text_hook),
-            self.vision_tower.embeddings.register_forward_hook(vision_hook),
+            self.get_input_embeddings().register_forward_hook(hook),
+            self.vision_tower.embeddings.register_forward_hook(hook),
         ]
         self._require_grads_hook = self._require_grads_hooks[0]  # the name 4.x and PEFT remove
 
