@@ -128,7 +128,7 @@ def make_batch(config, plan, dtype):
 
 def prepare_training(model, plan, tmp_dir: str):
     """What `tinyvlm train` and the Trainer do before the first step; returns (model, optimizer)."""
-    from tinyvlm.training.train import ModelArguments, prepare_model
+    from tinyvlm.training.train import ModelArguments, enable_activation_checkpointing, prepare_model
     from transformers import Trainer, TrainingArguments
 
     model_args = ModelArguments(
@@ -141,7 +141,7 @@ def prepare_training(model, plan, tmp_dir: str):
     training_args = TrainingArguments(output_dir=tmp_dir, use_cpu=True, report_to=[])
     model = prepare_model(model, model_args, training_args)
     if plan.gradient_checkpointing:  # the Trainer's call, with tinyvlm train's kwargs
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.train()
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
     params = [p for p in model.parameters() if p.requires_grad]

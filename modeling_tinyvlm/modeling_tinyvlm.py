@@ -193,12 +193,13 @@ class TinyVLMForConditionalGeneration(TinyVLMPreTrainedModel, GenerationMixin):
         ]
         self._require_grads_hook = self._require_grads_hooks[0]  # the name 4.x and PEFT remove
 
-    if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):  # transformers 4.x
+    if not hasattr(PreTrainedModel, "activation_checkpointing_enable"):  # transformers before 5.23
 
-        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-            super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        def gradient_checkpointing_enable(self, *args, **kwargs):
+            super().gradient_checkpointing_enable(*args, **kwargs)
             # 5.x sets the input-grad hooks for every model that takes input_ids, 4.x only under PEFT:
             # without them reentrant checkpointing gives nothing after a frozen embedding a gradient.
+            # Setting them again (5.0-5.22) only replaces the hooks with the same ones.
             self.enable_input_require_grads()
 
     def disable_input_require_grads(self):

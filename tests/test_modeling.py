@@ -191,6 +191,24 @@ def test_gradient_checkpointing_matches_plain_backward(tiny):
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def test_gradient_checkpointing_enable_takes_every_stock_argument():
+    """The Trainer passes the installed transformers' own arguments (5.x before 5.23 added
+    `every_n_layers` and `offload`): the model's version of the method must take them all."""
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    stock = inspect.signature(PreTrainedModel.gradient_checkpointing_enable).parameters
+    defaults = {
+        name: p.default
+        for name, p in stock.items()
+        if name != "self" and p.default is not inspect.Parameter.empty
+    }
+    model, _ = build_preset_model("tiny", seed=0)
+    model.gradient_checkpointing_enable(**defaults)
+    assert model.language_model.model.gradient_checkpointing
+
+
 @pytest.mark.parametrize("reentrant", [False, True])
 @pytest.mark.parametrize("vision_trains", [False, True])
 def test_checkpointing_back_propagates_the_vision_tower_only_when_it_trains(tiny, reentrant, vision_trains):

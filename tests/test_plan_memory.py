@@ -10,7 +10,7 @@ import torch
 from tinyvlm.conversion.build import build_preset_model, preset_components
 from tinyvlm.modeling_tinyvlm import TinyVLMForConditionalGeneration
 from tinyvlm.training import plan_memory as pm
-from tinyvlm.training.train import ModelArguments, prepare_model
+from tinyvlm.training.train import ModelArguments, enable_activation_checkpointing, prepare_model
 from transformers import TrainingArguments
 
 GIB = 1024**3
@@ -110,7 +110,7 @@ def test_saved_activations_equal_what_autograd_saves(phase, dtype, checkpointing
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.labelled_logits_only = labelled_only
     if checkpointing:  # as the Trainer does it
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)
     model.train()
     seq_len, p = 40, config.image_seq_length
     ids = torch.randint(5, config.text_config.vocab_size - 3, (batch_size, seq_len))

@@ -285,6 +285,16 @@ def check_arguments(model_args: ModelArguments, training_args: TrainingArguments
         )
 
 
+def enable_activation_checkpointing(model, use_reentrant: bool = False) -> None:
+    """What the Trainer calls for `--gradient_checkpointing`, under the installed transformers' name
+    (5.23 renamed `gradient_checkpointing_enable` to `activation_checkpointing_enable`)."""
+    kwargs = {"use_reentrant": use_reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def finish_training_arguments(training_args: TrainingArguments) -> None:
     """Settings this pipeline needs whatever the user passed."""
     # The collator's pixel_values are not dataset columns: the Trainer must not drop them.
