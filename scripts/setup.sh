@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Set-up from nothing but Python: .venv with transformers 5.x and every extra the tests need, and with
-# --with-457 also .venv-457 with transformers 4.57.x for the compatibility subset. Torch is pinned to
-# the CPU wheel through .ci/constraints.txt (the package itself only asks for a range).
+# Set-up from nothing but Python: .venv with the newest transformers 5.x and every extra the tests need,
+# and with --with-older also the two older lines the package supports, for the compatibility subset:
+# .venv-457 (4.57.x, the last 4.x) and .venv-522 (5.22.x, the last release before 5.23 renamed
+# gradient_checkpointing_enable and 5.24 the cache argument). Torch is pinned to the CPU wheel through
+# .ci/constraints.txt (the package itself only asks for a range).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,6 +17,7 @@ make_venv() {
 }
 
 make_venv .venv "transformers>=5,<6" "bitsandbytes>=0.45"
-if [ "${1:-}" = "--with-457" ]; then
+if [ "${1:-}" = "--with-older" ]; then
     make_venv .venv-457 "transformers>=4.57,<4.58"
+    make_venv .venv-522 "transformers>=5.22,<5.23"
 fi
