@@ -119,7 +119,7 @@ def test_datasets_folder_with_pil_images_decodes_lazily(tmp_path):
     }
     features = datasets.Features({
         "question_id": datasets.Value("int64"), "question": datasets.Value("string"), "image": datasets.Image(),
-        "answers": datasets.List({"answer": datasets.Value("string"), "answer_id": datasets.Value("int64")}),
+        "answers": [{"answer": datasets.Value("string"), "answer_id": datasets.Value("int64")}],
         "answer_type": datasets.Value("string")})  # fmt: skip
     datasets.DatasetDict({"validation": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
         tmp_path / "ds"
