@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import solid_image, user_prompt
 from tinyvlm.conversion.build import build_preset_model
+from tinyvlm.training.train import enable_activation_checkpointing
 from transformers import AutoModelForImageTextToText, AutoProcessor, SiglipVisionModel
 
 pytestmark = pytest.mark.compat
@@ -226,14 +227,7 @@ def test_checkpointing_back_propagates_the_vision_tower_only_when_it_trains(tiny
         if vision_trains:  # a layer past the embeddings: reentrant checkpointing needs the hook there
             model.vision_tower.encoder.layers[0].requires_grad_(True)
         if checkpointing:
-            if hasattr(model, "activation_checkpointing_enable"):  # 5.x name
-                model.activation_checkpointing_enable(
-                    activation_checkpointing_kwargs={"use_reentrant": reentrant}
-                )
-            else:
-                model.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": reentrant}
-                )
+            enable_activation_checkpointing(model, use_reentrant=reentrant)
         layer = model.vision_tower.encoder.layers[0]
         hook = layer.register_forward_hook(lambda m, args, out: vision_out_grad.append(out.requires_grad))
         model(**batch, labels=batch["input_ids"]).loss.backward()

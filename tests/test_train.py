@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -11,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from tinyvlm.training import synthetic
 from tinyvlm.training.train import (
+    HAS_GROUP_BY_LENGTH,
     PHASE_DEFAULTS,
     TRAINING_RECORD,
     WARMUP_KEY,
@@ -308,15 +308,14 @@ def test_length_grouped_sampling_decodes_only_the_images_it_trains_on(
     """The Trainer's length grouping reads the estimated-length column of a length index instead of
     building (and decoding) every row, and the rows it samples are built in the collator."""
     from tinyvlm.training import data as data_module
-    from transformers import TrainingArguments
 
     opened = []
     load_image = data_module.load_image
     monkeypatch.setattr(data_module, "load_image", lambda *a: opened.append(a) or load_image(*a))
-    if "train_sampling_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}:
-        flag = ["--train_sampling_strategy", "group_by_length"]  # 5.x
-    else:
+    if HAS_GROUP_BY_LENGTH:  # 4.x
         flag = ["--group_by_length", "True"]
+    else:
+        flag = ["--train_sampling_strategy", "group_by_length"]
     argv = train_argv(tiny_folder, data, tmp_path / "grouped", "lora", "--max_steps", "1", "--lora_r", "4")
     assert main([*argv, *flag]) == 0
     assert 0 < len(opened) <= 8  # accelerate builds one batch of 4 ahead; 24 rows have images
