@@ -188,9 +188,9 @@ def check_decode(settings: Settings, model, processor, compile_static: bool = Fa
         variants = [("static+compile", "sdpa", True)]
     else:
         variants = [(impl, impl, False) for impl in attention_implementations(settings.device)]
-    for label, impl, compile_static in variants:
+    for label, impl, compiled in variants:
         try:
-            measured = decode_rate(settings, model, processor, impl, compile_static)
+            measured = decode_rate(settings, model, processor, impl, compiled)
             result["tokens_per_s"][label] = measured["tokens_per_s"]
             result.setdefault("first_call_seconds", {})[label] = measured["first_call_seconds"]
         except Exception as error:  # one backend failing must not hide the others
